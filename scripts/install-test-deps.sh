@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, only the tools the test suite needs that are not there yet.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs), then rerun" >&2
+    exit 1
+fi
+
+missing=()
+need() { # need COMMAND PACKAGE: queue PACKAGE when COMMAND is absent
+    command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+}
+need gnutls-cli gnutls-bin
+need openssl openssl
+need python3 python3
+need prlimit util-linux
+need cc gcc
+# The openssl crate builds against the system OpenSSL, found through pkg-config.
+if ! command -v pkg-config >/dev/null 2>&1; then
+    missing+=(pkg-config libssl-dev)
+elif ! pkg-config --exists openssl; then
+    missing+=(libssl-dev)
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing test dependencies; install them (as root): apt-get install ${missing[*]}" >&2
+    exit 1
+fi
+echo "installing test dependencies: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"

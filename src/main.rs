@@ -1,0 +1,40 @@
+//! tlsrelay: a TLS relay that always completes the TLS closure. `main` parses the command
+//! line, starts logging, runs the subcommand and is the only place that picks an exit code.
+
+mod buffer;
+mod certgen;
+mod cli;
+mod close;
+mod daemon;
+mod error;
+mod listener;
+mod pump;
+mod supervisor;
+mod sys;
+mod tls;
+mod worker;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::Error;
+
+fn main() {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Command::Serve(args) => daemon::serve(args),
+        Command::GenCert(args) => {
+            certgen::run(&certgen::Options { out: args.out, names: args.names, clients: args.clients })
+        }
+    };
+    if let Err(err) = result {
+        report(&err);
+        std::process::exit(err.exit_code());
+    }
+}
+
+/// One line for the operator, whatever the log level.
+fn report(err: &Error) {
+    eprintln!("tlsrelay: {err}");
+}

@@ -1,0 +1,519 @@
+//! The forward-mode pump: one `poll(2)` loop relaying both directions of one connection and
+//! carrying out every closure of DESIGN §3 (half-close, truncation, stop, deadlines).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown as Direction, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use openssl::ssl::{SslStream, SslVersion};
+
+use crate::buffer::Buffer;
+use crate::cli::ClientEof;
+use crate::close::{classify, CloseKind, TlsEnd, TlsStatus, Want};
+use crate::error::describe_io;
+use crate::supervisor::Shutdown;
+use crate::sys::{self, PollSet};
+use crate::worker::Settings;
+
+/// Plaintext bytes in flight per direction: two full TLS records, so one `ssl_write` fills
+/// the socket well while an idle connection holds nothing.
+const BUFFER_SIZE: usize = 32 * 1024;
+
+/// While waiting for the upstream to acknowledge a truncated client's last bytes, how often
+/// to look (no poll event exists for "send queue empty").
+const SEND_QUEUE_TICK: Duration = Duration::from_millis(10);
+
+/// How the upstream's direction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum UpstreamEnd {
+    Eof,
+    Reset(String),
+}
+
+/// A closure in progress: it must end by `deadline`; the relay decided it when `by_us`.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    deadline: Instant,
+    /// Until then, upstream→client data still flows; then close_notify goes out.
+    relay_until: Instant,
+    by_us: bool,
+}
+
+/// What the last non-blocking attempt on each socket is waiting for.
+#[derive(Default)]
+struct Blocked {
+    client_read: bool,
+    client_write: bool,
+    upstream_read: bool,
+    upstream_write: bool,
+    /// The truncated client's bytes are still in the upstream's send queue.
+    upstream_send_queue: bool,
+}
+
+impl Blocked {
+    fn client(&mut self, want: Want) {
+        match want {
+            Want::Read => self.client_read = true,
+            Want::Write => self.client_write = true,
+        }
+    }
+}
+
+/// One connection's relay state; consumed by [`Relay::run`].
+pub struct Relay<'a> {
+    id: u64,
+    tls: SslStream<TcpStream>,
+    upstream: Option<TcpStream>,
+    settings: &'a Settings,
+    shutdown: &'a Shutdown,
+    tls13: bool,
+    to_upstream: Buffer,
+    to_client: Buffer,
+    client_end: Option<TlsEnd>,
+    upstream_end: Option<UpstreamEnd>,
+    upstream_fin_sent: bool,
+    close_notify_sent: bool,
+    /// An `ssl_write` returned WANT_*: it must be retried with the same bytes first.
+    tls_write_in_progress: bool,
+    blocked: Blocked,
+    closing: Option<Closing>,
+    last_activity: Instant,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl<'a> Relay<'a> {
+    /// `upstream: None` means there is none to talk to (a stop came during the connect):
+    /// the client then gets the closure of an ended upstream.
+    pub fn new(
+        id: u64,
+        tls: SslStream<TcpStream>,
+        upstream: Option<TcpStream>,
+        settings: &'a Settings,
+        shutdown: &'a Shutdown,
+    ) -> Self {
+        let tls13 = tls.ssl().version2() == Some(SslVersion::TLS1_3);
+        let upstream_end = if upstream.is_none() { Some(UpstreamEnd::Eof) } else { None };
+        Relay {
+            id,
+            tls,
+            upstream,
+            settings,
+            shutdown,
+            tls13,
+            to_upstream: Buffer::new(BUFFER_SIZE),
+            to_client: Buffer::new(BUFFER_SIZE),
+            client_end: None,
+            upstream_end,
+            upstream_fin_sent: false,
+            close_notify_sent: false,
+            tls_write_in_progress: false,
+            blocked: Blocked::default(),
+            closing: None,
+            last_activity: Instant::now(),
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// Relays until the connection is closed; returns how it closed.
+    pub fn run(&mut self) -> CloseKind {
+        loop {
+            self.pump();
+            if let Some(kind) = self.outcome() {
+                self.finish(&kind);
+                return kind;
+            }
+            if let Err(err) = self.wait() {
+                warn!("conn {} poll failed: {err}", self.id);
+                self.finish(&CloseKind::WriteStalled);
+                return CloseKind::WriteStalled;
+            }
+        }
+    }
+
+    /// Makes every non-blocking step possible, until none makes progress.
+    fn pump(&mut self) {
+        loop {
+            self.blocked = Blocked::default();
+            let mut progress = self.read_client();
+            progress |= self.write_upstream();
+            progress |= self.read_upstream();
+            progress |= self.write_client();
+            self.start_closing_on_ends();
+            if !progress {
+                self.to_upstream.release();
+                self.to_client.release();
+                return;
+            }
+        }
+    }
+
+    // ---- client → upstream ----
+
+    fn read_client(&mut self) -> bool {
+        if self.client_end.is_some() || !self.to_upstream.is_empty() {
+            return false;
+        }
+        match self.tls.ssl_read(self.to_upstream.space()) {
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                self.last_activity = Instant::now();
+                self.to_upstream.filled(n);
+                if self.upstream_takes_no_more() {
+                    self.to_upstream.discard();
+                }
+                true
+            }
+            Err(err) => match classify(&err) {
+                TlsStatus::Blocked(want) => {
+                    self.blocked.client(want);
+                    false
+                }
+                TlsStatus::Ended(end) => {
+                    debug!("conn {} client ended: {end:?}", self.id);
+                    self.client_end = Some(end);
+                    true
+                }
+            },
+        }
+    }
+
+    fn write_upstream(&mut self) -> bool {
+        if self.upstream.is_none() || matches!(self.upstream_end, Some(UpstreamEnd::Reset(_))) {
+            return false;
+        }
+        let wants_fin = self.wants_upstream_fin();
+        let upstream = self.upstream.as_mut().expect("checked above");
+        if self.to_upstream.is_empty() {
+            if wants_fin && !self.upstream_fin_sent {
+                let _ = upstream.shutdown(Direction::Write);
+                self.upstream_fin_sent = true;
+                return true;
+            }
+            return false;
+        }
+        match upstream.write(self.to_upstream.pending()) {
+            Ok(n) => {
+                self.to_upstream.consume(n);
+                self.last_activity = Instant::now();
+                true
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.blocked.upstream_write = true;
+                false
+            }
+            Err(err) => {
+                self.upstream_failed(err);
+                true
+            }
+        }
+    }
+
+    /// Whether the upstream should get its FIN once `to_upstream` is flushed.
+    fn wants_upstream_fin(&self) -> bool {
+        match &self.client_end {
+            Some(TlsEnd::CloseNotify) => true,
+            Some(_) => self.close_notify_sent || self.settings.client_eof == ClientEof::Fin,
+            // After an upstream EOF we keep relaying client→upstream until the client's
+            // close_notify; only a closure we decided ends that direction early.
+            None => self.closing.is_some_and(|c| c.by_us),
+        }
+    }
+
+    /// Client bytes read from now on have nowhere to go (upstream finished or gone).
+    fn upstream_takes_no_more(&self) -> bool {
+        self.upstream.is_none()
+            || self.upstream_fin_sent
+            || self.wants_upstream_fin()
+            || matches!(self.upstream_end, Some(UpstreamEnd::Reset(_)))
+    }
+
+    // ---- upstream → client ----
+
+    fn read_upstream(&mut self) -> bool {
+        if self.upstream_end.is_some() || !self.to_client.is_empty() || !self.client_takes_data() {
+            return false;
+        }
+        let Some(upstream) = self.upstream.as_mut() else { return false };
+        match upstream.read(self.to_client.space()) {
+            Ok(0) => {
+                debug!("conn {} upstream sent FIN", self.id);
+                self.upstream_end = Some(UpstreamEnd::Eof);
+                true
+            }
+            Ok(n) => {
+                self.to_client.filled(n);
+                self.last_activity = Instant::now();
+                true
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                self.blocked.upstream_read = true;
+                false
+            }
+            Err(err) => {
+                self.upstream_failed(err);
+                true
+            }
+        }
+    }
+
+    /// Whether bytes from the upstream may still be sent to the client.
+    fn client_takes_data(&self) -> bool {
+        let open = match &self.client_end {
+            None => true,
+            // TLS 1.3 lets us keep writing after the client's close_notify; TLS 1.2 does not.
+            Some(TlsEnd::CloseNotify) => self.tls13,
+            Some(_) => false,
+        };
+        open && !self.close_notify_sent && !self.relay_window_over()
+    }
+
+    fn relay_window_over(&self) -> bool {
+        self.closing.is_some_and(|c| Instant::now() >= c.relay_until)
+    }
+
+    fn write_client(&mut self) -> bool {
+        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) {
+            return false;
+        }
+        if !self.to_client.is_empty() && !self.tls_write_in_progress && !self.client_takes_data_already_read()
+        {
+            // TLS 1.2 after the client's close_notify: the bytes cannot be sent any more.
+            self.to_client.discard();
+        }
+        if !self.to_client.is_empty() {
+            return self.write_pending_to_client();
+        }
+        if self.wants_close_notify() && !self.close_notify_sent {
+            return self.send_close_notify();
+        }
+        false
+    }
+
+    /// Bytes already read from the upstream may still go out (also after the relay window:
+    /// what was read before close_notify is delivered before it).
+    fn client_takes_data_already_read(&self) -> bool {
+        match &self.client_end {
+            None => true,
+            Some(TlsEnd::CloseNotify) => self.tls13,
+            Some(_) => false,
+        }
+    }
+
+    fn write_pending_to_client(&mut self) -> bool {
+        match self.tls.ssl_write(self.to_client.pending()) {
+            Ok(n) => {
+                self.tls_write_in_progress = false;
+                self.to_client.consume(n);
+                self.bytes_out += n as u64;
+                self.last_activity = Instant::now();
+                true
+            }
+            Err(err) => self.client_call_failed(&err),
+        }
+    }
+
+    fn send_close_notify(&mut self) -> bool {
+        match self.tls.shutdown() {
+            Ok(_) => {
+                debug!("conn {} sent close_notify", self.id);
+                self.close_notify_sent = true;
+                true
+            }
+            Err(err) => self.client_call_failed(&err),
+        }
+    }
+
+    /// Handles a failed `ssl_write`/`shutdown`; returns whether anything changed.
+    fn client_call_failed(&mut self, err: &openssl::ssl::Error) -> bool {
+        match classify(err) {
+            TlsStatus::Blocked(want) => {
+                self.tls_write_in_progress = true;
+                self.blocked.client(want);
+                false
+            }
+            TlsStatus::Ended(end) => {
+                let reason = match end {
+                    TlsEnd::Reset(reason) => reason,
+                    _ => "connection closed".into(),
+                };
+                self.client_end = Some(TlsEnd::Reset(reason));
+                self.to_client.discard();
+                true
+            }
+        }
+    }
+
+    /// Whether close_notify is due now (every byte for the client already written).
+    fn wants_close_notify(&self) -> bool {
+        let upstream_done = matches!(self.upstream_end, Some(UpstreamEnd::Eof));
+        match &self.client_end {
+            Some(TlsEnd::CloseNotify) => !self.tls13 || upstream_done || self.relay_window_over(),
+            Some(_) => false,
+            None => upstream_done || (self.closing.is_some_and(|c| c.by_us) && self.relay_window_over()),
+        }
+    }
+
+    // ---- ends, closure and waiting ----
+
+    fn upstream_failed(&mut self, err: io::Error) {
+        debug!("conn {} upstream failed: {err}", self.id);
+        self.upstream_end = Some(UpstreamEnd::Reset(describe_io(&err)));
+        self.to_upstream.discard();
+        self.to_client.discard();
+    }
+
+    /// Any end of either side starts the closure and its deadline.
+    fn start_closing_on_ends(&mut self) {
+        if self.closing.is_none() && (self.client_end.is_some() || self.upstream_end.is_some()) {
+            self.start_closing(false);
+        }
+    }
+
+    fn start_closing(&mut self, by_us: bool) {
+        let now = Instant::now();
+        let total = self.settings.close_timeout;
+        self.closing = Some(Closing { deadline: now + total, relay_until: now + total / 2, by_us });
+    }
+
+    /// The connection's end, once one is reached.
+    fn outcome(&mut self) -> Option<CloseKind> {
+        if let Some(UpstreamEnd::Reset(reason)) = &self.upstream_end {
+            if !self.close_notify_sent {
+                warn!("conn {} upstream failed: {reason}; resetting the client", self.id);
+                return Some(CloseKind::UpstreamReset);
+            }
+        }
+        let past_deadline = self.closing.is_some_and(|c| Instant::now() >= c.deadline);
+        match (&self.client_end, self.close_notify_sent) {
+            (Some(TlsEnd::CloseNotify), true) if self.upstream_settled() || past_deadline => {
+                return Some(CloseKind::Clean)
+            }
+            (Some(TlsEnd::Truncated | TlsEnd::Reset(_)), true)
+                if self.upstream_settled() || past_deadline =>
+            {
+                return Some(CloseKind::PeerDidNotAnswer)
+            }
+            (Some(end @ (TlsEnd::Truncated | TlsEnd::Reset(_))), false) => {
+                let kind = match end {
+                    TlsEnd::Truncated => CloseKind::TruncatedByClient,
+                    _ => CloseKind::ResetByClient,
+                };
+                if self.truncation_delivered() || past_deadline {
+                    return Some(kind);
+                }
+            }
+            _ => {}
+        }
+        if past_deadline {
+            return Some(if self.close_notify_sent {
+                CloseKind::PeerDidNotAnswer
+            } else {
+                CloseKind::WriteStalled
+            });
+        }
+        None
+    }
+
+    /// Every client byte given to the upstream and, with `reset`, acknowledged by it
+    /// (so the RST that follows cannot destroy data still in our send queue).
+    fn truncation_delivered(&mut self) -> bool {
+        let Some(upstream) = &self.upstream else { return true };
+        if matches!(self.upstream_end, Some(UpstreamEnd::Reset(_))) {
+            return true;
+        }
+        if !self.to_upstream.is_empty() {
+            return false;
+        }
+        if self.settings.client_eof == ClientEof::Fin {
+            return self.upstream_fin_sent;
+        }
+        let queued = sys::unsent_bytes(upstream).unwrap_or(0);
+        self.blocked.upstream_send_queue = queued > 0;
+        queued == 0
+    }
+
+    /// The upstream got every client byte and its FIN, or cannot take any more.
+    fn upstream_settled(&self) -> bool {
+        self.upstream.is_none()
+            || matches!(self.upstream_end, Some(UpstreamEnd::Reset(_)))
+            || (self.to_upstream.is_empty() && self.upstream_fin_sent)
+    }
+
+    /// Closes the sockets the way `kind` demands: RST where the end was unclean.
+    fn finish(&mut self, kind: &CloseKind) {
+        match kind {
+            CloseKind::UpstreamReset | CloseKind::WriteStalled => sys::set_linger_zero(self.tls.get_ref()),
+            CloseKind::TruncatedByClient | CloseKind::ResetByClient => {
+                if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.settings.client_eof) {
+                    sys::set_linger_zero(upstream);
+                }
+            }
+            _ => {}
+        }
+        if *kind == CloseKind::WriteStalled {
+            warn!("conn {} client stopped reading during the closure; connection reset", self.id);
+        }
+    }
+
+    /// Sleeps in poll(2) until a socket, a stop beacon or a deadline needs us.
+    fn wait(&mut self) -> io::Result<()> {
+        let mut set = PollSet::new();
+        let b = &self.blocked;
+        set.add(self.tls.get_ref().as_raw_fd(), b.client_read, b.client_write);
+        if let Some(upstream) = &self.upstream {
+            set.add(upstream.as_raw_fd(), b.upstream_read, b.upstream_write);
+        }
+        // A closing worker drops the stop beacon: it stays readable and would make poll spin.
+        let stop_slot =
+            if self.closing.is_none() { set.add(self.shutdown.stop.fd(), true, false) } else { None };
+        let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
+        set.wait(self.next_deadline())?;
+
+        if set.ready(fast_slot) {
+            self.fast_stop();
+        } else if set.ready(stop_slot) {
+            self.start_closing(true);
+        } else if self.idle_expired() {
+            debug!("conn {} idle for {:?}", self.id, self.settings.idle_timeout);
+            self.start_closing(true);
+        }
+        Ok(())
+    }
+
+    /// A fast stop: no more waiting; what can be written without blocking still is.
+    fn fast_stop(&mut self) {
+        let now = Instant::now();
+        self.closing = Some(Closing { deadline: now, relay_until: now, by_us: true });
+    }
+
+    fn idle_expired(&self) -> bool {
+        self.closing.is_none()
+            && !self.settings.idle_timeout.is_zero()
+            && self.last_activity.elapsed() >= self.settings.idle_timeout
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        match self.closing {
+            Some(closing) => {
+                consider(closing.deadline);
+                if Instant::now() < closing.relay_until {
+                    consider(closing.relay_until);
+                }
+            }
+            None if !self.settings.idle_timeout.is_zero() => {
+                consider(self.last_activity + self.settings.idle_timeout)
+            }
+            None => {}
+        }
+        if self.blocked.upstream_send_queue {
+            consider(Instant::now() + SEND_QUEUE_TICK);
+        }
+        next
+    }
+}

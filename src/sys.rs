@@ -1,0 +1,221 @@
+//! The only file that talks to the OS below std: poll, pipes, socket options, limits.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Instant;
+
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
+/// A small fixed poll set, rebuilt before every wait; an unneeded fd is simply not added,
+/// because a hung-up socket reports POLLHUP even with no events asked and would spin.
+pub struct PollSet {
+    fds: [libc::pollfd; 4],
+    len: usize,
+}
+
+/// Index of an fd in a [`PollSet`]; `None` when it was not added this round.
+pub type Slot = Option<usize>;
+
+impl PollSet {
+    pub fn new() -> Self {
+        PollSet { fds: [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4], len: 0 }
+    }
+
+    /// Adds `fd` with the given interest; returns its slot, or `None` if no interest.
+    pub fn add(&mut self, fd: RawFd, read: bool, write: bool) -> Slot {
+        if !read && !write {
+            return None;
+        }
+        let mut events = 0;
+        if read {
+            events |= libc::POLLIN;
+        }
+        if write {
+            events |= libc::POLLOUT;
+        }
+        self.fds[self.len] = libc::pollfd { fd, events, revents: 0 };
+        self.len += 1;
+        Some(self.len - 1)
+    }
+
+    /// Waits until an fd is ready or `deadline` passes (`None`: no deadline). EINTR counts as a wake-up.
+    pub fn wait(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(at) => millis_until(at),
+        };
+        // SAFETY: `fds[..len]` are initialised pollfd records owned by self.
+        let rc = unsafe { libc::poll(self.fds.as_mut_ptr(), self.len as libc::nfds_t, timeout_ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the slot reported anything (readable, writable, hang-up or error).
+    pub fn ready(&self, slot: Slot) -> bool {
+        slot.is_some_and(|i| self.fds[i].revents != 0)
+    }
+}
+
+/// Milliseconds until `at`, rounded up so a wait never ends just before its deadline.
+fn millis_until(at: Instant) -> i32 {
+    let left = at.saturating_duration_since(Instant::now());
+    let ms = left.as_micros().div_ceil(1000);
+    ms.min(i32::MAX as u128) as i32
+}
+
+/// Waits for one fd (read or write) and the stop descriptors, until `deadline`.
+/// Returns which of them woke up first.
+pub fn wait_one(fd: RawFd, write: bool, stops: &[RawFd], deadline: Instant) -> io::Result<Wake> {
+    let mut set = PollSet::new();
+    let slot = set.add(fd, !write, write);
+    let stop_slots: Vec<Slot> = stops.iter().map(|&s| set.add(s, true, false)).collect();
+    set.wait(Some(deadline))?;
+    if stop_slots.iter().any(|&s| set.ready(s)) {
+        return Ok(Wake::Stop);
+    }
+    if set.ready(slot) {
+        return Ok(Wake::Ready);
+    }
+    if Instant::now() >= deadline {
+        return Ok(Wake::Deadline);
+    }
+    Ok(Wake::Spurious)
+}
+
+/// Why [`wait_one`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    Ready,
+    Stop,
+    Deadline,
+    Spurious,
+}
+
+/// A broadcast flag readable by any number of pollers: written once, never drained,
+/// so it stays readable for everyone (DESIGN §4).
+pub struct Beacon {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Beacon {
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(io::Error::from)?;
+        Ok(Beacon { read, write })
+    }
+
+    /// Lights the beacon; lighting it twice is harmless.
+    pub fn light(&self) {
+        if !self.is_lit() {
+            let _ = nix::unistd::write(&self.write, b"!");
+        }
+    }
+
+    pub fn is_lit(&self) -> bool {
+        let mut set = PollSet::new();
+        let slot = set.add(self.fd(), true, false);
+        set.wait(Some(Instant::now())).is_ok() && set.ready(slot)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+}
+
+/// Binds a non-blocking, close-on-exec listening socket with an explicit backlog
+/// (std's fixed 128 overflows under a flood); IPv6 sockets are V6ONLY.
+pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let family = if addr.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let fd =
+        socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    let backlog = socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN);
+    socket::listen(&fd, backlog)?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Connects without blocking past `deadline` or a lit stop descriptor.
+pub fn connect(addr: SocketAddr, deadline: Instant, stops: &[RawFd]) -> io::Result<TcpStream> {
+    let family = if addr.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+    let fd =
+        socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) => return Ok(TcpStream::from(fd)),
+        Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(err) => return Err(err.into()),
+    }
+    let stream = TcpStream::from(fd);
+    loop {
+        match wait_one(stream.as_raw_fd(), true, stops, deadline)? {
+            Wake::Ready => break,
+            Wake::Stop => return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping")),
+            Wake::Deadline => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            Wake::Spurious => {}
+        }
+    }
+    match stream.take_error()? {
+        Some(err) => Err(err),
+        None => Ok(stream),
+    }
+}
+
+/// Makes the next close an abortive one (RST), for ends that must not look clean.
+pub fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let _ = socket::setsockopt(&stream.as_fd(), sockopt::Linger, &linger);
+}
+
+/// Turns on TCP keepalive with `idle_secs` of silence before the first probe (0: leave off).
+pub fn set_keepalive(stream: &TcpStream, idle_secs: u32) {
+    if idle_secs == 0 {
+        return;
+    }
+    let fd = stream.as_fd();
+    let _ = socket::setsockopt(&fd, sockopt::KeepAlive, &true);
+    let _ = socket::setsockopt(&fd, sockopt::TcpKeepIdle, &idle_secs);
+    let _ = socket::setsockopt(&fd, sockopt::TcpKeepInterval, &idle_secs.clamp(1, 10));
+    let _ = socket::setsockopt(&fd, sockopt::TcpKeepCount, &5);
+}
+
+/// Bytes written to `stream` that the peer has not acknowledged yet (SIOCOUTQ).
+pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(queued.max(0) as usize)
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// How many more threads this process may start: RLIMIT_NPROC and the cgroup's pids.max.
+pub fn thread_budget() -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    let nproc = getrlimit(Resource::RLIMIT_NPROC).map(|(soft, _)| soft).unwrap_or(u64::MAX);
+    let pids_max = std::fs::read_to_string("/sys/fs/cgroup/pids.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    nproc.min(pids_max)
+}

@@ -1,0 +1,69 @@
+//! The server's `SslAcceptor`, built from the operator's files with errors that name them.
+
+use std::fs;
+use std::path::Path;
+
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::X509;
+
+use crate::cli::{ServeArgs, TlsVersion};
+use crate::error::{describe_io, describe_ssl, Error};
+
+/// What to tell an operator whose certificate files are missing or broken.
+const CERT_HINT: &str = "run `make certs` or pass --cert/--key";
+
+/// Builds the acceptor: Mozilla intermediate profile, the given minimum version,
+/// certificate chain and key checked against each other, optional client CA.
+pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    let min = match args.tls_min {
+        TlsVersion::V1_2 => SslVersion::TLS1_2,
+        TlsVersion::V1_3 => SslVersion::TLS1_3,
+    };
+    builder.set_min_proto_version(Some(min))?;
+
+    let chain = read_chain(&args.cert)?;
+    let key = read_key(&args.key)?;
+    let (leaf, intermediates) = chain.split_first().expect("read_chain returns at least one");
+    builder.set_certificate(leaf)?;
+    for cert in intermediates {
+        builder.add_extra_chain_cert(cert.clone())?;
+    }
+    builder.set_private_key(&key)?;
+    builder.check_private_key().map_err(|_| {
+        Error::file_with_hint(&args.key, "use key", "it does not match the certificate", CERT_HINT)
+    })?;
+
+    if let Some(ca_path) = &args.client_ca {
+        let mut store = X509StoreBuilder::new()?;
+        for ca in read_certs(ca_path, "read client CA")? {
+            store.add_cert(ca)?;
+        }
+        builder.set_verify_cert_store(store.build())?;
+        builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    Ok(builder.build())
+}
+
+fn read_chain(path: &Path) -> Result<Vec<X509>, Error> {
+    read_certs(path, "read certificate")
+}
+
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<X509>, Error> {
+    let pem = fs::read(path).map_err(|e| Error::file_with_hint(path, what, describe_io(&e), CERT_HINT))?;
+    let certs = X509::stack_from_pem(&pem)
+        .map_err(|e| Error::file_with_hint(path, what, describe_ssl(&e), CERT_HINT))?;
+    if certs.is_empty() {
+        return Err(Error::file_with_hint(path, what, "no PEM certificate in it", CERT_HINT));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PKey<Private>, Error> {
+    let pem =
+        fs::read(path).map_err(|e| Error::file_with_hint(path, "read key", describe_io(&e), CERT_HINT))?;
+    PKey::private_key_from_pem(&pem)
+        .map_err(|_| Error::file_with_hint(path, "read key", "not a PEM private key", CERT_HINT))
+}

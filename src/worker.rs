@@ -1,0 +1,164 @@
+//! One connection's life: handshake with its deadline → upstream connect → pump → one
+//! `closed:` log line.
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use log::{info, warn};
+use openssl::ssl::{Ssl, SslAcceptor, SslStream};
+
+use crate::cli::ClientEof;
+use crate::close::{classify, handshake_reason, CloseKind, TlsStatus, Want};
+use crate::error::describe_io;
+use crate::pump::Relay;
+use crate::supervisor::{Event, Shutdown};
+use crate::sys::{self, Wake};
+
+/// What every worker needs to know, fixed at start.
+pub struct Settings {
+    pub acceptor: SslAcceptor,
+    pub upstream: Option<String>,
+    pub connect_timeout: Duration,
+    pub close_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub keepalive: u32,
+    pub client_eof: ClientEof,
+}
+
+/// Serves one accepted client from start to end; logs exactly one `closed:` line.
+pub fn run(
+    id: u64,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    settings: &Settings,
+    shutdown: &Shutdown,
+    events: &Sender<Event>,
+) {
+    let started = Instant::now();
+    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, settings, shutdown);
+    info!(
+        "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = events.send(Event::WorkerFinished { id, kind });
+}
+
+fn serve(
+    id: u64,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> (CloseKind, u64, u64) {
+    if let Err(err) = prepare_socket(&tcp, settings.keepalive) {
+        warn!("conn {id} from {peer}: cannot set up the socket: {}", describe_io(&err));
+        return (CloseKind::ResetByClient, 0, 0);
+    }
+    let tls = match handshake(tcp, settings, shutdown) {
+        Ok(tls) => tls,
+        Err(kind) => {
+            if let CloseKind::HandshakeFailed(reason) = &kind {
+                info!("conn {id} from {peer} handshake failed: {reason}");
+            }
+            return (kind, 0, 0);
+        }
+    };
+    log_established(id, &tls);
+
+    let upstream = match &settings.upstream {
+        Some(target) => match connect_upstream(target, settings, shutdown) {
+            Ok(stream) => stream,
+            Err(reason) => {
+                warn!("conn {id} upstream {target} unreachable: {reason}");
+                sys::set_linger_zero(tls.get_ref());
+                return (CloseKind::UpstreamUnreachable, 0, 0);
+            }
+        },
+        None => None,
+    };
+    let mut relay = Relay::new(id, tls, upstream, settings, shutdown);
+    let kind = relay.run();
+    (kind, relay.bytes_in, relay.bytes_out)
+}
+
+fn prepare_socket(tcp: &TcpStream, keepalive: u32) -> std::io::Result<()> {
+    tcp.set_nonblocking(true)?;
+    tcp.set_nodelay(true)?;
+    sys::set_keepalive(tcp, keepalive);
+    Ok(())
+}
+
+/// Runs the server handshake on the non-blocking socket, bounded by --handshake-timeout;
+/// a stop drops it.
+fn handshake(
+    tcp: TcpStream,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<SslStream<TcpStream>, CloseKind> {
+    let deadline = Instant::now() + settings.handshake_timeout;
+    let ssl = Ssl::new(settings.acceptor.context()).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
+    let mut tls = SslStream::new(ssl, tcp).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
+    let stops = [shutdown.stop.fd(), shutdown.fast.fd()];
+    loop {
+        let err = match tls.accept() {
+            Ok(()) => return Ok(tls),
+            Err(err) => err,
+        };
+        let want = match classify(&err) {
+            TlsStatus::Blocked(want) => want,
+            TlsStatus::Ended(_) => return Err(CloseKind::HandshakeFailed(handshake_reason(&err))),
+        };
+        let fd = tls.get_ref().as_raw_fd();
+        match sys::wait_one(fd, want == Want::Write, &stops, deadline) {
+            Ok(Wake::Ready | Wake::Spurious) => {}
+            Ok(Wake::Stop) => return Err(CloseKind::DroppedInHandshake),
+            Ok(Wake::Deadline) => return Err(CloseKind::HandshakeTimeout),
+            Err(err) => return Err(CloseKind::HandshakeFailed(describe_io(&err))),
+        }
+    }
+}
+
+/// `conn ID established TLSv1.3 CIPHER [client CN=…]`
+fn log_established(id: u64, tls: &SslStream<TcpStream>) {
+    let ssl = tls.ssl();
+    let cipher = ssl.current_cipher().map(|c| c.name()).unwrap_or("unknown");
+    let client = ssl
+        .peer_certificate()
+        .and_then(|cert| {
+            let cn = cert.subject_name().entries_by_nid(openssl::nid::Nid::COMMONNAME).next()?;
+            Some(format!(" client CN={}", cn.data().to_string().ok()?))
+        })
+        .unwrap_or_default();
+    info!("conn {id} established {} {cipher}{client}", ssl.version_str());
+}
+
+/// Resolves `target` now (DNS may have changed) and tries every address in turn.
+/// `Ok(None)`: a stop came first, so there is no upstream and the client is closed cleanly.
+fn connect_upstream(
+    target: &str,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<Option<TcpStream>, String> {
+    let deadline = Instant::now() + settings.connect_timeout;
+    let addrs: Vec<SocketAddr> = target.to_socket_addrs().map_err(|e| describe_io(&e))?.collect();
+    let stops = [shutdown.stop.fd(), shutdown.fast.fd()];
+    let mut failures = Vec::new();
+    for addr in addrs {
+        match sys::connect(addr, deadline, &stops) {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(|e| describe_io(&e))?;
+                sys::set_keepalive(&stream, settings.keepalive);
+                return Ok(Some(stream));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => return Ok(None),
+            Err(err) => failures.push(format!("{addr}: {}", describe_io(&err))),
+        }
+    }
+    if failures.is_empty() {
+        return Err("the name resolved to no address".into());
+    }
+    Err(failures.join("; "))
+}
