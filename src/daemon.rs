@@ -15,7 +15,7 @@ use crate::error::{describe_io, Error};
 use crate::listener::{self, Shared};
 use crate::supervisor::{self, Shutdown, Supervisor};
 use crate::worker::Settings;
-use crate::{sys, tls};
+use crate::{hub, sys, tls};
 
 /// Descriptors kept back for listeners, pipes, logging and the upstream resolver.
 const RESERVED_FDS: u64 = 64;
@@ -23,11 +23,6 @@ const RESERVED_FDS: u64 = 64;
 /// Runs the daemon; returns once a requested stop has completed.
 pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
-    if args.upstream.is_none() {
-        return Err(Error::NotYet(
-            "hub mode is not built yet: pass --upstream HOST:PORT to relay to a TCP service".into(),
-        ));
-    }
     let acceptor = tls::acceptor(&args)?;
     let max_clients = capacity_checked(args.max_clients);
     let listeners = bind_all(&args)?;
@@ -39,7 +34,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     let shutdown = Arc::new(Shutdown::new()?);
     supervisor::install_signal_handlers(&events_tx)?;
     let shared = Arc::new(Shared {
-        settings: Arc::new(settings(&args, acceptor)),
+        settings: Arc::new(settings(&args, acceptor)?),
         shutdown: shutdown.clone(),
         events: events_tx,
         next_id: AtomicU64::new(1),
@@ -65,8 +60,12 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Settings {
-    Settings {
+fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Settings, Error> {
+    let hub = match args.upstream {
+        Some(_) => None,
+        None => Some(hub::spawn()?),
+    };
+    Ok(Settings {
         acceptor,
         upstream: args.upstream.clone(),
         connect_timeout: args.connect_timeout,
@@ -75,7 +74,8 @@ fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Settings {
         idle_timeout: args.idle_timeout,
         keepalive: args.keepalive,
         client_eof: args.client_eof,
-    }
+        hub,
+    })
 }
 
 /// Binds every --listen address and prints the `listening on` lines scripts wait for.

@@ -17,8 +17,6 @@ pub enum Error {
     Tls(openssl::error::ErrorStack),
     /// Any other operating system failure.
     Io(io::Error),
-    /// A mode that this version cannot run yet (exit code 1).
-    NotYet(String),
 }
 
 impl Error {
@@ -64,7 +62,6 @@ impl fmt::Display for Error {
             Error::Usage(msg) => write!(f, "{msg}"),
             Error::Tls(stack) => write!(f, "TLS setup failed: {}", describe_ssl(stack)),
             Error::Io(err) => write!(f, "{}", describe_io(err)),
-            Error::NotYet(msg) => write!(f, "{msg}"),
         }
     }
 }

@@ -12,7 +12,9 @@ use openssl::ssl::{Ssl, SslAcceptor, SslStream};
 use crate::cli::ClientEof;
 use crate::close::{classify, handshake_reason, CloseKind, TlsStatus, Want};
 use crate::error::describe_io;
+use crate::hub::HubMsg;
 use crate::pump::Relay;
+use crate::session::Session;
 use crate::supervisor::{Event, Shutdown};
 use crate::sys::{self, Wake};
 
@@ -26,6 +28,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     pub keepalive: u32,
     pub client_eof: ClientEof,
+    /// Hub mode: where lines go. `None` in forward mode.
+    pub hub: Option<Sender<HubMsg>>,
 }
 
 /// Serves one accepted client from start to end; logs exactly one `closed:` line.
@@ -68,20 +72,39 @@ fn serve(
     };
     log_established(id, &tls);
 
-    let upstream = match &settings.upstream {
-        Some(target) => match connect_upstream(target, settings, shutdown) {
-            Ok(stream) => stream,
-            Err(reason) => {
-                warn!("conn {id} upstream {target} unreachable: {reason}");
-                sys::set_linger_zero(tls.get_ref());
-                return (CloseKind::UpstreamUnreachable, 0, 0);
-            }
-        },
-        None => None,
+    let (Some(target), None) = (&settings.upstream, &settings.hub) else {
+        return serve_hub(id, tls, settings, shutdown);
+    };
+    let upstream = match connect_upstream(target, settings, shutdown) {
+        Ok(stream) => stream,
+        Err(reason) => {
+            warn!("conn {id} upstream {target} unreachable: {reason}");
+            sys::set_linger_zero(tls.get_ref());
+            return (CloseKind::UpstreamUnreachable, 0, 0);
+        }
     };
     let mut relay = Relay::new(id, tls, upstream, settings, shutdown);
     let kind = relay.run();
     (kind, relay.bytes_in, relay.bytes_out)
+}
+
+fn serve_hub(
+    id: u64,
+    tls: SslStream<TcpStream>,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> (CloseKind, u64, u64) {
+    let hub = settings.hub.clone().expect("hub mode has a hub");
+    match Session::new(id, tls, settings, shutdown, hub) {
+        Ok(mut session) => {
+            let kind = session.run();
+            (kind, session.bytes_in, session.bytes_out)
+        }
+        Err(err) => {
+            warn!("conn {id} cannot create its wake-up descriptor: {}", describe_io(&err));
+            (CloseKind::WriteStalled, 0, 0)
+        }
+    }
 }
 
 fn prepare_socket(tcp: &TcpStream, keepalive: u32) -> std::io::Result<()> {

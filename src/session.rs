@@ -1,0 +1,386 @@
+//! A hub client's worker loop: lines from the client go to the hub, its outbox goes to the
+//! client, and every close the server starts is announced by `* closing: REASON` (DESIGN §5).
+
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use log::{debug, warn};
+use openssl::ssl::SslStream;
+
+use crate::buffer::Buffer;
+use crate::close::{classify, CloseKind, TlsEnd, TlsStatus, Want};
+use crate::hub::{HubMsg, LeaveReason};
+use crate::lines::{Framed, LineFramer};
+use crate::outbox::{Outbox, TOO_SLOW_AFTER};
+use crate::supervisor::Shutdown;
+use crate::sys::{self, PollSet};
+use crate::worker::Settings;
+
+/// Plaintext read from the client per call: one TLS record.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes taken from the outbox per `ssl_write`.
+const WRITE_CHUNK: usize = 32 * 1024;
+
+/// A close the server starts, with the reason the client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerClose {
+    Shutdown,
+    Idle,
+    Quit,
+    TooSlow,
+}
+
+impl ServerClose {
+    fn text(self) -> &'static str {
+        match self {
+            ServerClose::Shutdown => "shutdown",
+            ServerClose::Idle => "idle",
+            ServerClose::Quit => "quit",
+            ServerClose::TooSlow => "too slow",
+        }
+    }
+
+    fn leave_reason(self) -> LeaveReason {
+        match self {
+            ServerClose::Shutdown => LeaveReason::Silent,
+            ServerClose::Idle => LeaveReason::Idle,
+            ServerClose::Quit => LeaveReason::Quit,
+            ServerClose::TooSlow => LeaveReason::TooSlow,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Blocked {
+    read: bool,
+    write: bool,
+}
+
+impl Blocked {
+    fn on(&mut self, want: Want) {
+        match want {
+            Want::Read => self.read = true,
+            Want::Write => self.write = true,
+        }
+    }
+}
+
+pub struct Session<'a> {
+    id: u64,
+    tls: SslStream<TcpStream>,
+    settings: &'a Settings,
+    shutdown: &'a Shutdown,
+    hub: Sender<HubMsg>,
+    outbox: Arc<Outbox>,
+    framer: LineFramer,
+    to_client: Buffer,
+    client_end: Option<TlsEnd>,
+    /// Set when the server decided to close; the announcement is queued once.
+    server_close: Option<ServerClose>,
+    announced: bool,
+    close_notify_sent: bool,
+    tls_write_in_progress: bool,
+    deadline: Option<Instant>,
+    blocked: Blocked,
+    last_activity: Instant,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        id: u64,
+        tls: SslStream<TcpStream>,
+        settings: &'a Settings,
+        shutdown: &'a Shutdown,
+        hub: Sender<HubMsg>,
+    ) -> std::io::Result<Self> {
+        let outbox = Arc::new(Outbox::new()?);
+        Ok(Session {
+            id,
+            tls,
+            settings,
+            shutdown,
+            hub,
+            outbox,
+            framer: LineFramer::default(),
+            to_client: Buffer::new(WRITE_CHUNK),
+            client_end: None,
+            server_close: None,
+            announced: false,
+            close_notify_sent: false,
+            tls_write_in_progress: false,
+            deadline: None,
+            blocked: Blocked::default(),
+            last_activity: Instant::now(),
+            bytes_in: 0,
+            bytes_out: 0,
+        })
+    }
+
+    /// Joins the hub, serves the client until it is closed, leaves the hub.
+    pub fn run(&mut self) -> CloseKind {
+        let _ = self.hub.send(HubMsg::Join { id: self.id, outbox: self.outbox.clone() });
+        let kind = self.serve();
+        let _ = self.hub.send(HubMsg::Leave { id: self.id, reason: self.leave_reason(&kind) });
+        kind
+    }
+
+    fn serve(&mut self) -> CloseKind {
+        loop {
+            self.pump();
+            if let Some(kind) = self.outcome() {
+                if matches!(kind, CloseKind::WriteStalled) {
+                    warn!("conn {} client stopped reading during the closure; connection reset", self.id);
+                    sys::set_linger_zero(self.tls.get_ref());
+                }
+                return kind;
+            }
+            if let Err(err) = self.wait() {
+                warn!("conn {} poll failed: {err}", self.id);
+                sys::set_linger_zero(self.tls.get_ref());
+                return CloseKind::WriteStalled;
+            }
+        }
+    }
+
+    fn leave_reason(&self, kind: &CloseKind) -> LeaveReason {
+        if let Some(close) = self.server_close {
+            return close.leave_reason();
+        }
+        match kind {
+            CloseKind::Clean | CloseKind::PeerDidNotAnswer => LeaveReason::Quit,
+            _ => LeaveReason::ConnectionLost,
+        }
+    }
+
+    fn pump(&mut self) {
+        loop {
+            self.blocked = Blocked::default();
+            let mut progress = self.read_client();
+            progress |= self.write_client();
+            if self.closing() && self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + self.settings.close_timeout);
+            }
+            if !progress {
+                self.to_client.release();
+                return;
+            }
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.client_end.is_some() || self.server_close.is_some()
+    }
+
+    // ---- client → hub ----
+
+    fn read_client(&mut self) -> bool {
+        if self.client_end.is_some() || (self.server_close.is_none() && !self.outbox.may_send()) {
+            return false;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        match self.tls.ssl_read(&mut chunk) {
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                self.last_activity = Instant::now();
+                if self.server_close.is_none() {
+                    self.take_lines(&chunk[..n]);
+                }
+                true
+            }
+            Err(err) => match classify(&err) {
+                TlsStatus::Blocked(want) => {
+                    self.blocked.on(want);
+                    false
+                }
+                TlsStatus::Ended(end) => {
+                    debug!("conn {} client ended: {end:?}", self.id);
+                    self.client_end = Some(end);
+                    true
+                }
+            },
+        }
+    }
+
+    fn take_lines(&mut self, bytes: &[u8]) {
+        let mut framed = Vec::new();
+        self.framer.push(bytes, &mut framed);
+        for item in framed {
+            match item {
+                Framed::Line(text) if text == "/quit" => {
+                    self.close_by_server(ServerClose::Quit);
+                    return;
+                }
+                Framed::Line(text) => {
+                    self.outbox.line_sent();
+                    let _ = self.hub.send(HubMsg::Line { id: self.id, text });
+                }
+                Framed::TooLong => {
+                    self.outbox.line_sent();
+                    let _ = self.hub.send(HubMsg::LineTooLong { id: self.id });
+                }
+            }
+        }
+    }
+
+    fn close_by_server(&mut self, reason: ServerClose) {
+        if self.server_close.is_none() && self.client_end.is_none() {
+            debug!("conn {} closing: {}", self.id, reason.text());
+            self.server_close = Some(reason);
+        }
+    }
+
+    // ---- hub → client ----
+
+    fn write_client(&mut self) -> bool {
+        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || self.close_notify_sent {
+            return false;
+        }
+        if self.client_end.is_some() && !self.tls_write_in_progress {
+            // The client closed: it gets our close_notify at once (TLS 1.2 forbids more data).
+            self.to_client.discard();
+        }
+        if self.to_client.is_empty() && !self.fill_to_client() {
+            if self.wants_close_notify() {
+                return self.send_close_notify();
+            }
+            return false;
+        }
+        match self.tls.ssl_write(self.to_client.pending()) {
+            Ok(n) => {
+                self.tls_write_in_progress = false;
+                self.to_client.consume(n);
+                self.bytes_out += n as u64;
+                self.last_activity = Instant::now();
+                true
+            }
+            Err(err) => self.write_failed(&err),
+        }
+    }
+
+    /// Refills `to_client`: from the outbox while open, then the closing announcement.
+    fn fill_to_client(&mut self) -> bool {
+        if self.client_end.is_some() {
+            return false; // the client closed: reply with close_notify at once
+        }
+        if let Some(reason) = self.server_close {
+            if self.announced {
+                return false;
+            }
+            self.announced = true;
+            let line = format!("* closing: {}\n", reason.text());
+            self.to_client.space()[..line.len()].copy_from_slice(line.as_bytes());
+            self.to_client.filled(line.len());
+            return true;
+        }
+        let n = self.outbox.take(self.to_client.space());
+        self.to_client.filled(n);
+        n > 0
+    }
+
+    fn wants_close_notify(&self) -> bool {
+        match &self.client_end {
+            Some(TlsEnd::CloseNotify) => true,
+            Some(_) => false,
+            None => self.announced,
+        }
+    }
+
+    fn send_close_notify(&mut self) -> bool {
+        match self.tls.shutdown() {
+            Ok(_) => {
+                self.close_notify_sent = true;
+                true
+            }
+            Err(err) => self.write_failed(&err),
+        }
+    }
+
+    fn write_failed(&mut self, err: &openssl::ssl::Error) -> bool {
+        match classify(err) {
+            TlsStatus::Blocked(want) => {
+                self.tls_write_in_progress = true;
+                self.blocked.on(want);
+                false
+            }
+            TlsStatus::Ended(end) => {
+                let reason = match end {
+                    TlsEnd::Reset(reason) => reason,
+                    _ => "connection closed".into(),
+                };
+                self.client_end = Some(TlsEnd::Reset(reason));
+                self.to_client.discard();
+                true
+            }
+        }
+    }
+
+    // ---- ends and waiting ----
+
+    fn outcome(&self) -> Option<CloseKind> {
+        let past_deadline = self.deadline.is_some_and(|at| Instant::now() >= at);
+        match (&self.client_end, self.close_notify_sent) {
+            (Some(TlsEnd::CloseNotify), true) => Some(CloseKind::Clean),
+            (Some(TlsEnd::Truncated), false) => Some(CloseKind::TruncatedByClient),
+            (Some(TlsEnd::Reset(_)), false) => Some(CloseKind::ResetByClient),
+            (Some(_), true) => Some(CloseKind::PeerDidNotAnswer),
+            (None, true) if past_deadline => Some(CloseKind::PeerDidNotAnswer),
+            (_, false) if past_deadline => Some(CloseKind::WriteStalled),
+            _ => None,
+        }
+    }
+
+    fn wait(&mut self) -> std::io::Result<()> {
+        let mut set = PollSet::new();
+        set.add(self.tls.get_ref().as_raw_fd(), self.blocked.read, self.blocked.write);
+        let open = !self.closing();
+        // Polled while open, and cleared on every wake-up: it tells of new lines, of room to
+        // send more, and of a full outbox (the too-slow clock).
+        let outbox_slot = if open { set.add(self.outbox.fd(), true, false) } else { None };
+        let stop_slot = if open { set.add(self.shutdown.stop.fd(), true, false) } else { None };
+        let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
+        set.wait(self.next_deadline())?;
+
+        if set.ready(outbox_slot) {
+            self.outbox.clear_wake();
+        }
+        if set.ready(fast_slot) {
+            self.close_by_server(ServerClose::Shutdown);
+            self.deadline = Some(Instant::now());
+        } else if set.ready(stop_slot) {
+            self.close_by_server(ServerClose::Shutdown);
+        } else if open && self.too_slow() {
+            self.outbox.clear();
+            self.close_by_server(ServerClose::TooSlow);
+        } else if open && self.idle_expired() {
+            self.close_by_server(ServerClose::Idle);
+        }
+        Ok(())
+    }
+
+    fn too_slow(&self) -> bool {
+        self.outbox.full_since().is_some_and(|since| since.elapsed() >= TOO_SLOW_AFTER)
+    }
+
+    fn idle_expired(&self) -> bool {
+        !self.settings.idle_timeout.is_zero() && self.last_activity.elapsed() >= self.settings.idle_timeout
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        if self.closing() {
+            return self.deadline;
+        }
+        let idle =
+            (!self.settings.idle_timeout.is_zero()).then(|| self.last_activity + self.settings.idle_timeout);
+        let slow = self.outbox.full_since().map(|since| since + TOO_SLOW_AFTER);
+        match (idle, slow) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
