@@ -1,63 +1,84 @@
-//! `tlsrelay serve`: checks the configuration, binds every listener, then hands over to the
-//! listener threads and the supervisor until a stop has closed every connection.
+//! `tlsrelay serve`: checks the configuration, binds (or inherits) every listener, then hands
+//! over to the listener threads and the supervisor until a stop has closed every connection.
 
 use std::fs;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
-use std::thread;
+use std::sync::{Arc, RwLock};
+use std::thread::{self, JoinHandle};
 
-use log::warn;
+use log::{info, warn};
 
 use crate::cli::ServeArgs;
 use crate::error::{describe_io, Error};
 use crate::listener::{self, Shared};
-use crate::supervisor::{self, Shutdown, Supervisor};
+use crate::stop::Shutdown;
+use crate::supervisor::{self, Control, Supervisor};
 use crate::worker::Settings;
-use crate::{hub, sys, tls};
+use crate::{hub, sys, tls, upgrade};
 
 /// Descriptors kept back for listeners, pipes, logging and the upstream resolver.
 const RESERVED_FDS: u64 = 64;
 
-/// Runs the daemon; returns once a requested stop has completed.
+/// Runs the daemon; returns once a requested stop (or an upgrade) has completed.
 pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
+    let inherited = upgrade::inherited(args.listen.len())?;
     let acceptor = tls::acceptor(&args)?;
     let max_clients = capacity_checked(args.max_clients);
-    let listeners = bind_all(&args)?;
-    if let Some(path) = &args.pid_file {
+    let (listeners, ready) = match inherited {
+        Some(mut inherited) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
+        None => (bind_all(&args)?, None),
+    };
+    for listener in &listeners {
+        eprintln!("listening on {}", listener.local_addr()?);
+    }
+    // An upgrade child never touches the pid file: its parent rewrites it.
+    if let (Some(path), None) = (&args.pid_file, &ready) {
         write_pid_file(path)?;
     }
 
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let shutdown = Arc::new(Shutdown::new()?);
     supervisor::install_signal_handlers(&events_tx)?;
+    let settings = Arc::new(settings(&args, acceptor)?);
+    let control = control(&args, &settings, &listeners)?;
     let shared = Arc::new(Shared {
-        settings: Arc::new(settings(&args, acceptor)?),
+        settings,
         shutdown: shutdown.clone(),
-        events: events_tx,
+        events: events_tx.clone(),
         next_id: AtomicU64::new(1),
         active: Arc::new(AtomicUsize::new(0)),
         max_clients,
     });
-    let mut handles = Vec::new();
-    for (index, socket) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
-        handles.push(
-            thread::Builder::new()
-                .name(format!("listener-{index}"))
-                .spawn(move || listener::run(socket, shared))?,
-        );
+    if let Some(inherited) = ready {
+        inherited.signal_ready();
+        info!("upgrade: serving in place of the previous process");
     }
+    let handles = start_listeners(listeners, &shared)?;
     drop(shared);
-    let supervisor = Supervisor::new(events_rx, shutdown, handles);
-    thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.run())?.join().ok();
+    let supervisor = Supervisor::new((events_tx, events_rx), shutdown, handles, control);
+    let handed_over =
+        thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.run())?.join();
 
-    if let Some(path) = &args.pid_file {
+    if let (Some(path), Ok(false)) = (&args.pid_file, handed_over) {
         let _ = fs::remove_file(path);
     }
     Ok(())
+}
+
+fn start_listeners(listeners: Vec<TcpListener>, shared: &Arc<Shared>) -> Result<Vec<JoinHandle<()>>, Error> {
+    let mut handles = Vec::new();
+    for (index, socket) in listeners.into_iter().enumerate() {
+        let shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("listener-{index}"))
+            .spawn(move || listener::run(socket, shared));
+        handles.push(spawned?);
+    }
+    Ok(handles)
 }
 
 fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Settings, Error> {
@@ -66,7 +87,7 @@ fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Set
         None => Some(hub::spawn()?),
     };
     Ok(Settings {
-        acceptor,
+        acceptor: RwLock::new(Arc::new(acceptor)),
         upstream: args.upstream.clone(),
         connect_timeout: args.connect_timeout,
         close_timeout: args.close_timeout,
@@ -78,18 +99,39 @@ fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Set
     })
 }
 
-/// Binds every --listen address and prints the `listening on` lines scripts wait for.
+/// Reload and upgrade: the listeners are handed over by descriptor number, which stays
+/// valid because the listener threads own them until we exit.
+fn control(args: &ServeArgs, settings: &Arc<Settings>, listeners: &[TcpListener]) -> Result<Control, Error> {
+    let fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let (reload_args, reload_settings) = (args.clone(), settings.clone());
+    Ok(Control {
+        reload: Box::new(move || reload(&reload_args, &reload_settings)),
+        upgrade: upgrade::Plan::from_startup(fds)?,
+        pid_file: args.pid_file.clone(),
+        drain: args.drain,
+    })
+}
+
+/// New handshakes use the new files; a broken file keeps the old certificate.
+fn reload(args: &ServeArgs, settings: &Settings) {
+    match tls::acceptor(args) {
+        Ok(acceptor) => {
+            *settings.acceptor.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acceptor);
+            info!("reloaded {} and {}", args.cert.display(), args.key.display());
+        }
+        Err(err) => warn!("reload failed, keeping the old certificate: {err}"),
+    }
+}
+
+/// Binds every --listen address.
 fn bind_all(args: &ServeArgs) -> Result<Vec<TcpListener>, Error> {
-    let mut bound = Vec::new();
-    for addr in &args.listen {
-        let listener = sys::bind_listener(*addr, args.backlog)
-            .map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
-        bound.push(listener);
-    }
-    for listener in &bound {
-        eprintln!("listening on {}", listener.local_addr()?);
-    }
-    Ok(bound)
+    args.listen
+        .iter()
+        .map(|addr| {
+            sys::bind_listener(*addr, args.backlog)
+                .map_err(|source| Error::Bind { addr: addr.to_string(), source })
+        })
+        .collect()
 }
 
 /// Lowers --max-clients to what the descriptor and thread limits can carry (2 fds a client).

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use log::{info, warn};
 
-use crate::supervisor::{Event, Shutdown};
+use crate::stop::Shutdown;
+use crate::supervisor::Event;
 use crate::sys::{self, PollSet, Wake};
 use crate::worker::{self, Settings};
 
@@ -37,7 +38,7 @@ pub struct Shared {
 pub fn run(listener: TcpListener, shared: Arc<Shared>) {
     let mut refusals = RateLimited::new();
     let mut accept_errors = RateLimited::new();
-    let stop_fd = shared.shutdown.stop.fd();
+    let stop_fd = shared.shutdown.accepting.fd();
     loop {
         let mut set = PollSet::new();
         let listen_slot = set.add(listener.as_raw_fd(), true, false);
@@ -71,8 +72,8 @@ fn accept_all(listener: &TcpListener, shared: &Shared, refusals: &mut RateLimite
                 }
                 // Sleep on the stop beacon, so a stop still ends the pause at once.
                 let deadline = Instant::now() + ACCEPT_BACKOFF;
-                let _ =
-                    sys::wait_one(shared.shutdown.stop.fd(), false, &[], deadline).map(|w| w == Wake::Ready);
+                let _ = sys::wait_one(shared.shutdown.accepting.fd(), false, &[], deadline)
+                    .map(|w| w == Wake::Ready);
                 return;
             }
         }

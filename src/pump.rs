@@ -13,7 +13,7 @@ use crate::buffer::Buffer;
 use crate::cli::ClientEof;
 use crate::close::{classify, CloseKind, TlsEnd, TlsStatus, Want};
 use crate::error::describe_io;
-use crate::supervisor::Shutdown;
+use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
 use crate::worker::Settings;
 
@@ -469,7 +469,7 @@ impl<'a> Relay<'a> {
         }
         // A closing worker drops the stop beacon: it stays readable and would make poll spin.
         let stop_slot =
-            if self.closing.is_none() { set.add(self.shutdown.stop.fd(), true, false) } else { None };
+            if self.closing.is_none() { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
 

@@ -15,7 +15,7 @@ use crate::close::{classify, CloseKind, TlsEnd, TlsStatus, Want};
 use crate::hub::{HubMsg, LeaveReason};
 use crate::lines::{Framed, LineFramer};
 use crate::outbox::{Outbox, TOO_SLOW_AFTER};
-use crate::supervisor::Shutdown;
+use crate::stop::{CloseReason, Shutdown};
 use crate::sys::{self, PollSet};
 use crate::worker::Settings;
 
@@ -29,6 +29,7 @@ const WRITE_CHUNK: usize = 32 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerClose {
     Shutdown,
+    Upgrade,
     Idle,
     Quit,
     TooSlow,
@@ -38,6 +39,7 @@ impl ServerClose {
     fn text(self) -> &'static str {
         match self {
             ServerClose::Shutdown => "shutdown",
+            ServerClose::Upgrade => "upgrade",
             ServerClose::Idle => "idle",
             ServerClose::Quit => "quit",
             ServerClose::TooSlow => "too slow",
@@ -46,7 +48,7 @@ impl ServerClose {
 
     fn leave_reason(self) -> LeaveReason {
         match self {
-            ServerClose::Shutdown => LeaveReason::Silent,
+            ServerClose::Shutdown | ServerClose::Upgrade => LeaveReason::Silent,
             ServerClose::Idle => LeaveReason::Idle,
             ServerClose::Quit => LeaveReason::Quit,
             ServerClose::TooSlow => LeaveReason::TooSlow,
@@ -342,7 +344,7 @@ impl<'a> Session<'a> {
         // Polled while open, and cleared on every wake-up: it tells of new lines, of room to
         // send more, and of a full outbox (the too-slow clock).
         let outbox_slot = if open { set.add(self.outbox.fd(), true, false) } else { None };
-        let stop_slot = if open { set.add(self.shutdown.stop.fd(), true, false) } else { None };
+        let stop_slot = if open { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
 
@@ -353,7 +355,10 @@ impl<'a> Session<'a> {
             self.close_by_server(ServerClose::Shutdown);
             self.deadline = Some(Instant::now());
         } else if set.ready(stop_slot) {
-            self.close_by_server(ServerClose::Shutdown);
+            self.close_by_server(match self.shutdown.reason() {
+                CloseReason::Shutdown => ServerClose::Shutdown,
+                CloseReason::Upgrade => ServerClose::Upgrade,
+            });
         } else if open && self.too_slow() {
             self.outbox.clear();
             self.close_by_server(ServerClose::TooSlow);

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -218,4 +218,63 @@ pub fn thread_budget() -> u64 {
         .and_then(|text| text.trim().parse::<u64>().ok())
         .unwrap_or(u64::MAX);
     nproc.min(pids_max)
+}
+
+/// In a forked child before exec: clears close-on-exec on exactly these descriptors.
+pub fn keep_across_exec(fds: &[RawFd]) -> io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fcntl on a descriptor number; async-signal-safe, allocates nothing.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Sets close-on-exec again on a descriptor we inherited.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number only changes its flags.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes over an inherited descriptor after checking it is a listening TCP socket.
+pub fn adopt_listener(fd: RawFd) -> io::Result<TcpListener> {
+    let not_listening = || io::Error::new(io::ErrorKind::InvalidInput, "not a listening TCP socket");
+    if int_sockopt(fd, libc::SO_ACCEPTCONN)? != 1 || int_sockopt(fd, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(not_listening());
+    }
+    let domain = int_sockopt(fd, libc::SO_DOMAIN)?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err(not_listening());
+    }
+    set_cloexec(fd)?;
+    // SAFETY: checked above to be an open listening socket, handed to this process alone.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn int_sockopt(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len point to live locals of the sizes getsockopt is told.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len)
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+pub fn send_signal(pid: i32, signal: nix::sys::signal::Signal) -> io::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(io::Error::from)
+}
+
+/// Whether `pid` names a live process (signal 0 probes without sending anything).
+pub fn is_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }

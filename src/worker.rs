@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -15,12 +16,14 @@ use crate::error::describe_io;
 use crate::hub::HubMsg;
 use crate::pump::Relay;
 use crate::session::Session;
-use crate::supervisor::{Event, Shutdown};
+use crate::stop::Shutdown;
+use crate::supervisor::Event;
 use crate::sys::{self, Wake};
 
 /// What every worker needs to know, fixed at start.
 pub struct Settings {
-    pub acceptor: SslAcceptor,
+    /// Swapped whole by a reload; each handshake takes the current one.
+    pub acceptor: RwLock<Arc<SslAcceptor>>,
     pub upstream: Option<String>,
     pub connect_timeout: Duration,
     pub close_timeout: Duration,
@@ -122,9 +125,10 @@ fn handshake(
     shutdown: &Shutdown,
 ) -> Result<SslStream<TcpStream>, CloseKind> {
     let deadline = Instant::now() + settings.handshake_timeout;
-    let ssl = Ssl::new(settings.acceptor.context()).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
+    let acceptor = settings.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let ssl = Ssl::new(acceptor.context()).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
     let mut tls = SslStream::new(ssl, tcp).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
-    let stops = [shutdown.stop.fd(), shutdown.fast.fd()];
+    let stops = [shutdown.handshakes.fd(), shutdown.fast.fd()];
     loop {
         let err = match tls.accept() {
             Ok(()) => return Ok(tls),
@@ -167,7 +171,7 @@ fn connect_upstream(
 ) -> Result<Option<TcpStream>, String> {
     let deadline = Instant::now() + settings.connect_timeout;
     let addrs: Vec<SocketAddr> = target.to_socket_addrs().map_err(|e| describe_io(&e))?.collect();
-    let stops = [shutdown.stop.fd(), shutdown.fast.fd()];
+    let stops = [shutdown.close.fd(), shutdown.fast.fd()];
     let mut failures = Vec::new();
     for addr in addrs {
         match sys::connect(addr, deadline, &stops) {
