@@ -1,7 +1,9 @@
 //! The command line (DESIGN §2), parsed by clap and turned into a validated `ServeConfig`.
 
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -21,6 +23,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Make development certificates (CA, server, optional client certificates).
     GenCert(GenCertArgs),
+    /// Ask the running daemon for a hitless upgrade and wait for its outcome.
+    Upgrade(UpgradeArgs),
+    /// Connect to a TLS server: stdin to TLS, TLS to stdout; tells a clean end from a truncated one.
+    Connect(ConnectArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -67,9 +73,19 @@ pub struct ServeArgs {
     /// What the upstream gets when a client ends without close_notify.
     #[arg(long, value_name = "reset|fin", default_value = "reset")]
     pub client_eof: ClientEof,
-    /// Written once listening; removed at a stop.
+    /// Written once listening; removed at a stop; after an upgrade it names the new process.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+    /// On upgrade, how long old connections may run on before their clean close.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_seconds)]
+    pub drain: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpgradeArgs {
+    /// The running daemon's --pid-file.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -83,6 +99,140 @@ pub struct GenCertArgs {
     /// Also make NAME.crt/NAME.key for mutual TLS, repeatable.
     #[arg(long = "client", value_name = "NAME")]
     pub clients: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// The server; a name is sent as SNI and checked against the certificate's DNS entries,
+    /// an address ([::1]:7443 for IPv6) against its IP entries.
+    #[arg(value_name = "HOST:PORT")]
+    pub target: Target,
+    /// PEM file of the CA(s) to trust instead of the system roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Name to send as SNI and to check the certificate against, instead of HOST.
+    #[arg(long, value_name = "NAME")]
+    pub servername: Option<String>,
+    /// Do not check the server's certificate at all (prints a warning).
+    #[arg(long, conflicts_with_all = ["ca", "pin"])]
+    pub insecure: bool,
+    /// Accept exactly the certificate whose DER has this SHA-256; replaces the CA check.
+    #[arg(long, value_name = "sha256:HEX", conflicts_with = "ca")]
+    pub pin: Option<Pin>,
+    /// Client certificate (PEM, may carry the chain) for mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Reconnect, with backoff, whenever the connection ends without being asked to.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Longest wait between two reconnection attempts.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    pub reconnect_max: Duration,
+    /// First wait between reconnection attempts (doubles up to --reconnect-max); for tests.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_seconds, hide = true)]
+    pub reconnect_min: Duration,
+    /// After our close_notify, how long the server may stay silent before we give up; for tests.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_seconds, hide = true)]
+    pub close_timeout: Duration,
+    /// Notices on stderr: connected, the server's closing reason, each failed attempt.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+impl ConnectArgs {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.reconnect_min.is_zero() || self.close_timeout.is_zero() {
+            return Err(Error::Usage("--reconnect-min and --close-timeout must be above 0".into()));
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(Error::Usage(format!(
+                "--reconnect-max {} s is below --reconnect-min {} s",
+                self.reconnect_max.as_secs_f64(),
+                self.reconnect_min.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A server to connect to: `HOST:PORT`, `ADDR:PORT` or `[IPV6]:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// The host as an IP address, when it is one (then it is verified without SNI).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = || format!("'{text}' is not HOST:PORT (e.g. example.com:443, [::1]:7443)");
+        let (host, port) = text.rsplit_once(':').ok_or_else(expected)?;
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').ok_or_else(expected)?,
+            None if host.contains(':') => return Err(expected()),
+            None => host,
+        };
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        if host.is_empty() || port == 0 {
+            return Err(expected());
+        }
+        Ok(Target { host: host.to_string(), port })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The SHA-256 of a certificate's DER, as `sha256:HEX`; colons between the hex pairs are
+/// allowed, so `openssl x509 -fingerprint -sha256` output can be pasted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin(pub [u8; 32]);
+
+impl FromStr for Pin {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let expected = || format!("'{text}' is not sha256:HEX (64 hex digits)");
+        let (algo, hex) = text.split_once(':').ok_or_else(expected)?;
+        if !algo.eq_ignore_ascii_case("sha256") {
+            return Err(expected());
+        }
+        let digits: Vec<u8> = hex.bytes().filter(|&b| b != b':').collect();
+        if digits.len() != 64 {
+            return Err(expected());
+        }
+        let mut pin = [0u8; 32];
+        for (byte, pair) in pin.iter_mut().zip(digits.chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| expected())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| expected())?;
+        }
+        Ok(Pin(pin))
+    }
+}
+
+impl fmt::Display for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

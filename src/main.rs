@@ -13,9 +13,11 @@ mod listener;
 mod outbox;
 mod pump;
 mod session;
+mod stop;
 mod supervisor;
 mod sys;
 mod tls;
+mod upgrade;
 mod worker;
 
 use clap::Parser;
@@ -28,6 +30,9 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => daemon::serve(args),
+        // Placeholder until src/client is wired in (its author replaces this arm).
+        Command::Connect(_) => Err(Error::Usage("connect: not wired in yet".into())),
+        Command::Upgrade(args) => upgrade::request(&args.pid_file),
         Command::GenCert(args) => {
             certgen::run(&certgen::Options { out: args.out, names: args.names, clients: args.clients })
         }
