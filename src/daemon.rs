@@ -2,9 +2,10 @@
 //! over to the listener threads and the supervisor until a stop has closed every connection.
 
 use std::fs;
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
@@ -25,6 +26,8 @@ const RESERVED_FDS: u64 = 64;
 /// Runs the daemon; returns once a requested stop (or an upgrade) has completed.
 pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
+    // Resolved first: a package upgrade may replace the binary at any moment after start.
+    let exe = upgrade::resolve_exe()?;
     let inherited = upgrade::inherited(args.listen.len())?;
     let acceptor = tls::acceptor(&args)?;
     let max_clients = capacity_checked(args.max_clients);
@@ -32,19 +35,20 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
         Some(mut inherited) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
         None => (bind_all(&args)?, None),
     };
-    for listener in &listeners {
-        eprintln!("listening on {}", listener.local_addr()?);
-    }
-    // An upgrade child never touches the pid file: its parent rewrites it.
-    if let (Some(path), None) = (&args.pid_file, &ready) {
-        write_pid_file(path)?;
-    }
-
+    // Signals are routed before anyone can learn our pid or address: an early SIGUSR2 or
+    // SIGTERM must not meet the default action (terminate).
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let shutdown = Arc::new(Shutdown::new()?);
     supervisor::install_signal_handlers(&events_tx)?;
+    // An upgrade child never touches the pid file: its parent rewrites it. Written before
+    // the `listening on` lines, so whoever waits for them finds it.
+    if let (Some(path), None) = (&args.pid_file, &ready) {
+        write_pid_file(path)?;
+    }
+    announce_listening(&listeners)?;
+
     let settings = Arc::new(settings(&args, acceptor)?);
-    let control = control(&args, &settings, &listeners)?;
+    let control = control(&args, &settings, &listeners, exe);
     let shared = Arc::new(Shared {
         settings,
         shutdown: shutdown.clone(),
@@ -101,15 +105,15 @@ fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Set
 
 /// Reload and upgrade: the listeners are handed over by descriptor number, which stays
 /// valid because the listener threads own them until we exit.
-fn control(args: &ServeArgs, settings: &Arc<Settings>, listeners: &[TcpListener]) -> Result<Control, Error> {
+fn control(args: &ServeArgs, settings: &Arc<Settings>, listeners: &[TcpListener], exe: PathBuf) -> Control {
     let fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
     let (reload_args, reload_settings) = (args.clone(), settings.clone());
-    Ok(Control {
+    Control {
         reload: Box::new(move || reload(&reload_args, &reload_settings)),
-        upgrade: upgrade::Plan::from_startup(fds)?,
+        upgrade: upgrade::Plan::new(exe, fds),
         pid_file: args.pid_file.clone(),
         drain: args.drain,
-    })
+    }
 }
 
 /// New handshakes use the new files; a broken file keeps the old certificate.
@@ -121,6 +125,16 @@ fn reload(args: &ServeArgs, settings: &Settings) {
         }
         Err(err) => warn!("reload failed, keeping the old certificate: {err}"),
     }
+}
+
+/// Prints the `listening on ADDR` lines scripts wait for, each in one write so that no
+/// reader ever sees half a line.
+fn announce_listening(listeners: &[TcpListener]) -> Result<(), Error> {
+    for listener in listeners {
+        let line = format!("listening on {}\n", listener.local_addr()?);
+        std::io::stderr().write_all(line.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Binds every --listen address.

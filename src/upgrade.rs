@@ -34,12 +34,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Resolved at startup: after a package upgrade `/proc/self/exe` reads `… (deleted)`.
-    pub fn from_startup(listen_fds: Vec<RawFd>) -> Result<Plan, Error> {
-        let exe =
-            std::env::current_exe().map_err(|e| Error::file("/proc/self/exe", "resolve", describe_io(&e)))?;
-        Ok(Plan { exe, args: std::env::args_os().skip(1).collect(), listen_fds })
+    pub fn new(exe: PathBuf, listen_fds: Vec<RawFd>) -> Plan {
+        Plan { exe, args: std::env::args_os().skip(1).collect(), listen_fds }
     }
+}
+
+/// Our binary's path, resolved at startup: after a package upgrade `/proc/self/exe`
+/// reads `… (deleted)`.
+pub fn resolve_exe() -> Result<PathBuf, Error> {
+    std::env::current_exe().map_err(|e| Error::file("/proc/self/exe", "resolve", describe_io(&e)))
 }
 
 /// Starts the successor in the background; its outcome arrives as an [`Event`].
