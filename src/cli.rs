@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Past this, new connections are closed before any handshake.
     #[arg(long, value_name = "N", default_value = "1024")]
     pub max_clients: usize,
+    /// Past this many connections from one address, new ones from it are closed before any
+    /// handshake (0 = off).
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub max_clients_per_ip: usize,
     /// Listen backlog.
     #[arg(long, value_name = "N", default_value = "4096")]
     pub backlog: i32,
@@ -70,6 +74,12 @@ pub struct ServeArgs {
     /// Require client certificates signed by this CA (mutual TLS).
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
+    /// With --client-ca: accept a client certificate whose subject CN is NAME (repeatable).
+    #[arg(long = "allow-cn", value_name = "NAME")]
+    pub allow_cn: Vec<String>,
+    /// With --client-ca: accept a client certificate with NAME among its DNS SANs (repeatable).
+    #[arg(long = "allow-san", value_name = "NAME")]
+    pub allow_san: Vec<String>,
     /// What the upstream gets when a client ends without close_notify.
     #[arg(long, value_name = "reset|fin", default_value = "reset")]
     pub client_eof: ClientEof,
@@ -273,6 +283,9 @@ impl ServeArgs {
                 "--close-timeout, --handshake-timeout and --connect-timeout must be above 0".into(),
             ));
         }
+        if self.client_ca.is_none() && !(self.allow_cn.is_empty() && self.allow_san.is_empty()) {
+            return Err(Error::Usage("--allow-cn and --allow-san need --client-ca FILE".into()));
+        }
         if let Some(upstream) = &self.upstream {
             if !upstream.contains(':') {
                 return Err(Error::Usage(format!("--upstream {upstream}: expected HOST:PORT")));
@@ -342,5 +355,7 @@ mod tests {
         assert_eq!(args.validate().unwrap_err().exit_code(), 2);
         let mut args = serve(&["--max-clients", "0"]).unwrap();
         assert_eq!(args.validate().unwrap_err().exit_code(), 2);
+        let mut args = serve(&["--allow-cn", "alice"]).unwrap();
+        assert_eq!(args.validate().unwrap_err().exit_code(), 2, "--allow-cn without --client-ca");
     }
 }

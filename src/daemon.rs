@@ -14,7 +14,7 @@ use log::{info, warn};
 
 use crate::cli::ServeArgs;
 use crate::error::{describe_io, Error};
-use crate::listener::{self, Shared};
+use crate::listener::{self, PerIp, Shared};
 use crate::stop::Shutdown;
 use crate::supervisor::{self, Control, Supervisor};
 use crate::worker::Settings;
@@ -56,6 +56,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
         next_id: AtomicU64::new(1),
         active: Arc::new(AtomicUsize::new(0)),
         max_clients,
+        per_ip: (args.max_clients_per_ip > 0).then(|| Arc::new(PerIp::new(args.max_clients_per_ip))),
     });
     if let Some(inherited) = ready {
         inherited.signal_ready();

@@ -1,11 +1,12 @@
 //! Listener threads: accept with backoff and the connection cap, spawn one worker per client.
 //! No TLS happens here, so a silent client can never stall accepting.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,11 +33,50 @@ pub struct Shared {
     pub next_id: AtomicU64,
     pub active: Arc<AtomicUsize>,
     pub max_clients: usize,
+    /// Connections per client address, when --max-clients-per-ip is set.
+    pub per_ip: Option<Arc<PerIp>>,
+}
+
+/// Counts connections per client address for --max-clients-per-ip.
+pub struct PerIp {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    pub fn new(limit: usize) -> Self {
+        PerIp { limit, counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes a slot for `ip`; false when it already has `limit` connections.
+    fn try_take(&self, ip: IpAddr) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Accepts on `listener` until the stop beacon is lit.
 pub fn run(listener: TcpListener, shared: Arc<Shared>) {
-    let mut refusals = RateLimited::new();
+    let mut refusals = Refusals {
+        over_cap: RateLimited::new(),
+        over_ip_cap: RateLimited::new(),
+        no_thread: RateLimited::new(),
+    };
     let mut accept_errors = RateLimited::new();
     let stop_fd = shared.shutdown.accepting.fd();
     loop {
@@ -57,7 +97,7 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Accepts until the queue is empty; backs off on resource errors.
-fn accept_all(listener: &TcpListener, shared: &Shared, refusals: &mut RateLimited, errors: &mut RateLimited) {
+fn accept_all(listener: &TcpListener, shared: &Shared, refusals: &mut Refusals, errors: &mut RateLimited) {
     loop {
         match listener.accept() {
             Ok((tcp, peer)) => admit(tcp, peer, shared, refusals),
@@ -89,17 +129,25 @@ fn is_transient(err: &io::Error) -> bool {
 }
 
 /// Starts a worker for `tcp`, or closes it at once when over the cap or out of threads.
-fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &mut RateLimited) {
+fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &mut Refusals) {
     if shared.active.load(Ordering::Acquire) >= shared.max_clients {
-        if let Some(count) = refusals.note() {
+        if let Some(count) = refusals.over_cap.note() {
             info!("refused: max clients ({count} in the last second)");
         }
         return;
     }
+    if let Some(per_ip) = &shared.per_ip {
+        if !per_ip.try_take(peer.ip()) {
+            if let Some(count) = refusals.over_ip_cap.note() {
+                info!("refused: max clients per ip, latest {} ({count} in the last second)", peer.ip());
+            }
+            return;
+        }
+    }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     info!("conn {id} from {peer} accepted");
     shared.active.fetch_add(1, Ordering::AcqRel);
-    let guard = ActiveGuard(shared.active.clone());
+    let guard = ActiveGuard { active: shared.active.clone(), per_ip: shared.per_ip.clone(), ip: peer.ip() };
     let (settings, shutdown, events) =
         (shared.settings.clone(), shared.shutdown.clone(), shared.events.clone());
     let spawned =
@@ -113,20 +161,35 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &mut RateL
         }
         Err(err) => {
             // The closure (and with it the socket and the guard) was dropped by the failed spawn.
-            if let Some(count) = refusals.note() {
+            if let Some(count) = refusals.no_thread.note() {
                 warn!("refused: cannot start a thread: {err} ({count} in the last second)");
             }
         }
     }
 }
 
-/// Decrements the active-connection count when a worker ends, however it ends.
-struct ActiveGuard(Arc<AtomicUsize>);
+/// Gives back the connection's slots (total and per address) when its worker ends,
+/// however it ends.
+struct ActiveGuard {
+    active: Arc<AtomicUsize>,
+    per_ip: Option<Arc<PerIp>>,
+    ip: IpAddr,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        if let Some(per_ip) = &self.per_ip {
+            per_ip.release(self.ip);
+        }
     }
+}
+
+/// One rate limit per refusal reason, so each reason gets its own line.
+struct Refusals {
+    over_cap: RateLimited,
+    over_ip_cap: RateLimited,
+    no_thread: RateLimited,
 }
 
 /// Lets a repeated event be logged at most once a second, with how many happened.
@@ -155,6 +218,17 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_ip_cap_counts_each_address_apart() {
+        let per_ip = PerIp::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        assert!(per_ip.try_take(a) && per_ip.try_take(a));
+        assert!(!per_ip.try_take(a), "the third from one address is refused");
+        assert!(per_ip.try_take(b), "another address is still served");
+        per_ip.release(a);
+        assert!(per_ip.try_take(a), "a slot comes back when a connection ends");
+    }
 
     #[test]
     fn rate_limited_logs_once_then_counts() {

@@ -3,10 +3,11 @@
 use std::fs;
 use std::path::Path;
 
+use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::X509;
+use openssl::x509::{X509Ref, X509VerifyResult, X509};
 
 use crate::cli::{ServeArgs, TlsVersion};
 use crate::error::{describe_io, describe_ssl, Error};
@@ -42,9 +43,47 @@ pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
             store.add_cert(ca)?;
         }
         builder.set_verify_cert_store(store.build())?;
-        builder.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        let allowed = AllowedClients { cns: args.allow_cn.clone(), sans: args.allow_san.clone() };
+        // Checked in the verify callback, so a refused client fails its handshake.
+        builder.set_verify_callback(
+            SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
+            move |ok, ctx| {
+                if !ok || ctx.error_depth() != 0 || allowed.is_empty() {
+                    return ok;
+                }
+                let passes = ctx.current_cert().is_some_and(|cert| allowed.admits(cert));
+                if !passes {
+                    ctx.set_error(X509VerifyResult::APPLICATION_VERIFICATION);
+                }
+                passes
+            },
+        );
     }
     Ok(builder.build())
+}
+
+/// The --allow-cn / --allow-san lists: a certificate passes if any one entry matches.
+struct AllowedClients {
+    cns: Vec<String>,
+    sans: Vec<String>,
+}
+
+impl AllowedClients {
+    fn is_empty(&self) -> bool {
+        self.cns.is_empty() && self.sans.is_empty()
+    }
+
+    fn admits(&self, cert: &X509Ref) -> bool {
+        let cn_matches = cert
+            .subject_name()
+            .entries_by_nid(Nid::COMMONNAME)
+            .filter_map(|entry| entry.data().to_string().ok())
+            .any(|cn| self.cns.contains(&cn));
+        let san_matches = cert.subject_alt_names().is_some_and(|names| {
+            names.iter().filter_map(|name| name.dnsname()).any(|dns| self.sans.iter().any(|s| s == dns))
+        });
+        cn_matches || san_matches
+    }
 }
 
 fn read_chain(path: &Path) -> Result<Vec<X509>, Error> {

@@ -136,7 +136,7 @@ fn handshake(
         };
         let want = match classify(&err) {
             TlsStatus::Blocked(want) => want,
-            TlsStatus::Ended(_) => return Err(CloseKind::HandshakeFailed(handshake_reason(&err))),
+            TlsStatus::Ended(_) => return Err(CloseKind::HandshakeFailed(failure_reason(&tls, &err))),
         };
         let fd = tls.get_ref().as_raw_fd();
         match sys::wait_one(fd, want == Want::Write, &stops, deadline) {
@@ -146,6 +146,20 @@ fn handshake(
             Err(err) => return Err(CloseKind::HandshakeFailed(describe_io(&err))),
         }
     }
+}
+
+/// OpenSSL's reason, plus the certificate check's own when that is what failed.
+fn failure_reason(tls: &SslStream<TcpStream>, err: &openssl::ssl::Error) -> String {
+    let reason = handshake_reason(err);
+    let verify = tls.ssl().verify_result();
+    if verify == openssl::x509::X509VerifyResult::OK {
+        return reason;
+    }
+    if verify == openssl::x509::X509VerifyResult::APPLICATION_VERIFICATION {
+        // Our own verify callback refused it (tls.rs).
+        return format!("{reason} (client certificate matches no --allow-cn/--allow-san)");
+    }
+    format!("{reason} ({})", verify.error_string())
 }
 
 /// `conn ID established TLSv1.3 CIPHER [client CN=…]`
