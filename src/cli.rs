@@ -358,4 +358,36 @@ mod tests {
         let mut args = serve(&["--allow-cn", "alice"]).unwrap();
         assert_eq!(args.validate().unwrap_err().exit_code(), 2, "--allow-cn without --client-ca");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any seconds value clap accepts is the Duration it names, to the millisecond.
+            #[test]
+            fn seconds_parse_to_the_same_duration(millis in 0u64..10_000_000) {
+                let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+                prop_assert_eq!(parse_seconds(&text).unwrap(), Duration::from_millis(millis));
+            }
+
+            /// Arbitrary text never panics the parser: it parses or is a clean error.
+            #[test]
+            fn arbitrary_arguments_never_panic(args in proptest::collection::vec("[ -~]{0,20}", 0..6)) {
+                let mut argv = vec!["tlsrelay".to_string(), "serve".to_string()];
+                argv.extend(args);
+                if let Ok(Cli { command: Command::Serve(mut serve) }) = Cli::try_parse_from(argv) {
+                    let _ = serve.validate();
+                }
+            }
+
+            /// Every IPv4 listen address with a port round-trips through --listen.
+            #[test]
+            fn listen_addresses_round_trip(a in any::<[u8; 4]>(), port in any::<u16>()) {
+                let addr = format!("{}.{}.{}.{}:{port}", a[0], a[1], a[2], a[3]);
+                let args = serve(&["--listen", &addr]).unwrap();
+                prop_assert_eq!(args.listen[0].to_string(), addr);
+            }
+        }
+    }
 }

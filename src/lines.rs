@@ -121,4 +121,46 @@ mod tests {
         assert_eq!(frame(&[b"a\xffb\n"]), vec![line("a\u{FFFD}b")]);
         assert_eq!(frame(&[b"\x1b[31mred\ttab\n"]), vec![line("\u{FFFD}[31mred\ttab")]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// However the bytes are split into reads, the framer yields the same lines.
+            #[test]
+            fn chunking_never_changes_the_lines(data in proptest::collection::vec(any::<u8>(), 0..6000), cuts in proptest::collection::vec(0usize..6000, 0..8)) {
+                let whole = frame(&[&data]);
+                let mut points: Vec<usize> = cuts.into_iter().map(|c| c.min(data.len())).collect();
+                points.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut start = 0;
+                for point in points {
+                    chunks.push(&data[start..point]);
+                    start = point;
+                }
+                chunks.push(&data[start..]);
+                prop_assert_eq!(frame(&chunks), whole);
+            }
+
+            /// Every line is within the limit and free of control characters but tab.
+            #[test]
+            fn lines_are_bounded_and_printable(data in proptest::collection::vec(any::<u8>(), 0..10000)) {
+                for item in frame(&[&data]) {
+                    if let Framed::Line(text) = item {
+                        prop_assert!(text.chars().count() <= MAX_LINE);
+                        prop_assert!(text.chars().all(|c| c == '\t' || !c.is_control()));
+                    }
+                }
+            }
+
+            /// Short lines of printable ASCII come out exactly as they went in.
+            #[test]
+            fn printable_lines_round_trip(lines in proptest::collection::vec("[ -~]{0,100}", 0..20)) {
+                let data: Vec<u8> = lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect();
+                let expected: Vec<Framed> = lines.iter().map(|l| Framed::Line(l.clone())).collect();
+                prop_assert_eq!(frame(&[&data]), expected);
+            }
+        }
+    }
 }
