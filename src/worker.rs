@@ -67,8 +67,9 @@ fn serve(
     let tls = match handshake(tcp, settings, shutdown) {
         Ok(tls) => tls,
         Err(kind) => {
-            if let CloseKind::HandshakeFailed(reason) = &kind {
-                info!("conn {id} from {peer} handshake failed: {reason}");
+            // The operator's one line with the peer address and the reason.
+            if matches!(kind, CloseKind::HandshakeFailed(_) | CloseKind::HandshakeTimeout) {
+                info!("conn {id} from {peer} {kind}");
             }
             return (kind, 0, 0);
         }

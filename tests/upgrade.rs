@@ -1,0 +1,292 @@
+//! Hitless upgrade (SIGUSR2 / `tlsrelay upgrade`) and certificate reload (SIGHUP / SIGUSR1),
+//! driving the real binary with OpenSSL clients.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::process::Proc;
+use common::{run_to_exit, secs, Certs, Daemon};
+use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslStream};
+
+/// Serialises these tests: each runs several daemons and a connection loop.
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn connector(ca: &Path) -> SslConnector {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_ca_file(ca).unwrap();
+    builder.build()
+}
+
+/// Connects and finishes the handshake (with a read deadline for everything after).
+fn tls_connect(port: u16, connector: &SslConnector) -> Result<SslStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(secs(5.0))).unwrap();
+    connector.connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))
+}
+
+/// Reads one `\n`-terminated line from a TLS stream.
+fn read_line(tls: &mut SslStream<TcpStream>) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match tls.ssl_read(&mut byte) {
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(format!("read: {e} (after {:?})", String::from_utf8_lossy(&line))),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Reads to the end; returns the bytes and whether the end was the server's close_notify.
+fn read_to_end(tls: &mut SslStream<TcpStream>) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match tls.ssl_read(&mut chunk) {
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) => return (data, e.code() == ErrorCode::ZERO_RETURN),
+        }
+    }
+}
+
+fn serial_of(tls: &SslStream<TcpStream>) -> String {
+    let cert = tls.ssl().peer_certificate().expect("server certificate");
+    cert.serial_number().to_bn().unwrap().to_hex_str().unwrap().to_string()
+}
+
+fn read_pid(path: &Path) -> i32 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+fn is_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only probes.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Upgraded daemons are not our children: stop whatever the pid file names, even on panic.
+struct PidFileGuard(PathBuf);
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(&self.0) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                // SAFETY: plain kill(2) on a pid our test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Opens connections in a loop until told to stop: (successes, failures).
+fn connection_loop(
+    port: u16,
+    ca: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let connector = connector(&ca);
+        let (mut ok, mut failures) = (0u64, Vec::new());
+        let deadline = Instant::now() + secs(90.0);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            match tls_connect(port, &connector)
+                .and_then(|mut tls| read_line(&mut tls).map(|line| (tls, line)))
+            {
+                Ok((mut tls, line)) if line.starts_with("* welcome") => {
+                    let _ = tls.shutdown();
+                    ok += 1;
+                }
+                // Accepted by the old process in its last instant: closed cleanly and announced.
+                Ok((mut tls, line)) if line == "* closing: upgrade\n" => match read_to_end(&mut tls) {
+                    (rest, true) if rest.is_empty() => ok += 1,
+                    (rest, clean) => {
+                        failures.push(format!("after the announcement: {rest:?}, clean {clean}"))
+                    }
+                },
+                Ok((_, line)) => failures.push(format!("unexpected first line {line:?}")),
+                Err(e) => failures.push(e),
+            }
+        }
+        (ok, failures)
+    })
+}
+
+#[test]
+fn three_upgrades_under_a_connection_loop_refuse_nothing_and_close_old_sessions_cleanly() {
+    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = Certs::new();
+    let pid_file = certs.dir().join("tlsrelay.pid");
+    let _guard = PidFileGuard(pid_file.clone());
+    let daemon = Daemon::start(&certs, &["--pid-file", pid_file.to_str().unwrap(), "--close-timeout", "2"]);
+    let first_pid = read_pid(&pid_file);
+    let connector = connector(&certs.ca());
+    let stop = Arc::new(AtomicBool::new(false));
+    let looper = connection_loop(daemon.port(), certs.ca(), stop.clone());
+
+    for round in 1..=3 {
+        let mut old: Vec<_> = (0..2).map(|_| tls_connect(daemon.port(), &connector).unwrap()).collect();
+        for tls in &mut old {
+            assert!(read_line(tls).unwrap().starts_with("* welcome"));
+        }
+        let before = read_pid(&pid_file);
+        let (status, stderr) =
+            run_to_exit(&["upgrade", "--pid-file", pid_file.to_str().unwrap()], secs(30.0));
+        assert!(status.success(), "upgrade {round} failed: {stderr}\nlog:\n{}", daemon.log_text());
+        let after = read_pid(&pid_file);
+        assert_ne!(before, after, "the pid file names the new process");
+        for tls in &mut old {
+            let (rest, clean) = read_to_end(tls);
+            let rest = String::from_utf8_lossy(&rest);
+            // Join lines of the loop's clients may come first; the announcement comes last.
+            assert_eq!(rest.lines().last(), Some("* closing: upgrade"), "round {round}: {rest:?}");
+            assert!(rest.ends_with('\n'));
+            assert!(clean, "round {round}: old session ended without close_notify");
+        }
+    }
+    std::thread::sleep(secs(0.3));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = looper.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} attempts failed: {:?}",
+        failures.len(),
+        ok + failures.len() as u64,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 10, "the loop made only {ok} connections");
+
+    let last = read_pid(&pid_file);
+    assert_ne!(last, first_pid);
+    assert!(is_alive(last));
+    let mut tls = tls_connect(daemon.port(), &connector).expect("the last process serves");
+    assert!(read_line(&mut tls).unwrap().starts_with("* welcome"));
+    drop(tls);
+    // SAFETY: plain kill(2) on the daemon the pid file names.
+    unsafe { libc::kill(last, libc::SIGTERM) };
+    let deadline = Instant::now() + secs(10.0);
+    while is_alive(last) && Instant::now() < deadline {
+        std::thread::sleep(secs(0.05));
+    }
+    assert!(!pid_file.exists(), "the last process removes the pid file at its stop");
+}
+
+/// An upstream that answers each request, after a pause, with `reply_len` bytes and a FIN.
+fn slow_upstream(reply_len: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let mut stream = stream.unwrap();
+            std::thread::spawn(move || {
+                let mut request = [0u8; 64];
+                let _ = stream.read(&mut request);
+                std::thread::sleep(secs(0.5));
+                let _ = stream.write_all(&vec![b'r'; reply_len]);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn forward_request_accepted_just_before_an_upgrade_gets_its_full_reply() {
+    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = Certs::new();
+    let pid_file = certs.dir().join("tlsrelay.pid");
+    let _guard = PidFileGuard(pid_file.clone());
+    let upstream = format!("127.0.0.1:{}", slow_upstream(200_000));
+    let daemon = Daemon::start(
+        &certs,
+        &["--pid-file", pid_file.to_str().unwrap(), "--upstream", &upstream, "--close-timeout", "4"],
+    );
+    let mut tls = tls_connect(daemon.port(), &connector(&certs.ca())).unwrap();
+    tls.write_all(b"GET\n").unwrap();
+    let (status, stderr) = run_to_exit(&["upgrade", "--pid-file", pid_file.to_str().unwrap()], secs(30.0));
+    assert!(status.success(), "upgrade failed: {stderr}");
+    let (reply, clean) = read_to_end(&mut tls);
+    assert_eq!(reply.len(), 200_000, "the whole reply arrives");
+    assert!(clean, "then a close_notify");
+}
+
+#[test]
+fn upgrade_to_a_binary_that_fails_keeps_the_old_process_serving() {
+    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = Certs::new();
+    let binary = certs.dir().join("tlsrelay-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_tlsrelay"), &binary).unwrap();
+    let pid_file = certs.dir().join("tlsrelay.pid");
+    let mut command = std::process::Command::new(&binary);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--pid-file", pid_file.to_str().unwrap()]);
+    command.arg("--cert").arg(certs.server_cert()).arg("--key").arg(certs.server_key());
+    command.env("RUST_LOG", "info");
+    let daemon = Proc::spawn("tlsrelay serve (copy)", command);
+    let listening = |o: &common::process::Output| {
+        o.stderr_text().split("listening on ").nth(1).is_some_and(|rest| rest.contains('\n'))
+    };
+    assert!(daemon.wait_until(secs(10.0), listening));
+    let port: u16 = daemon
+        .stderr()
+        .split("listening on 127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // A package upgrade that left a broken binary at the same path.
+    std::fs::remove_file(&binary).unwrap();
+    std::fs::write(&binary, "#!/bin/sh\necho broken >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let (status, stderr) = run_to_exit(&["upgrade", "--pid-file", pid_file.to_str().unwrap()], secs(30.0));
+    assert_eq!(status.code(), Some(1), "upgrade must report the failure: {stderr}");
+    assert!(stderr.contains("exited"), "the reason reaches the operator: {stderr}");
+    assert!(
+        daemon.wait_until(secs(5.0), |o| o.stderr_text().contains("upgrade failed:")),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(read_pid(&pid_file), daemon.pid(), "the pid file still names the old process");
+    let mut tls = tls_connect(port, &connector(&certs.ca())).expect("still serving");
+    assert!(read_line(&mut tls).unwrap().starts_with("* welcome"));
+}
+
+#[test]
+fn sighup_and_sigusr1_reload_the_certificate_for_new_connections_only() {
+    let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let certs = Certs::new();
+    let daemon = Daemon::start(&certs, &[]);
+    let connector = connector(&certs.ca());
+    let mut old = tls_connect(daemon.port(), &connector).unwrap();
+    read_line(&mut old).unwrap();
+    let first = serial_of(&old);
+
+    let (status, stderr) = run_to_exit(&["gen-cert", "--out", certs.dir().to_str().unwrap()], secs(10.0));
+    assert!(status.success(), "{stderr}");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("reloaded", secs(5.0));
+    let new = tls_connect(daemon.port(), &connector).unwrap();
+    let second = serial_of(&new);
+    assert_ne!(first, second, "a new connection sees the new certificate");
+
+    old.write_all(b"/who\n").unwrap();
+    // The new connection's join notice may come first.
+    let replies: Vec<String> =
+        (0..2).map_while(|_| read_line(&mut old).ok()).take_while(|l| !l.starts_with("* online:")).collect();
+    assert!(replies.len() < 2, "the old connection is untouched: {replies:?}");
+
+    std::fs::write(certs.server_key(), "garbage").unwrap();
+    daemon.signal(libc::SIGUSR1);
+    let line = daemon.wait_for_log("reload failed", secs(5.0));
+    assert!(line.contains(certs.server_key().to_str().unwrap()), "the log names the file: {line}");
+    let after = tls_connect(daemon.port(), &connector).unwrap();
+    assert_eq!(serial_of(&after), second, "a broken key keeps the last good certificate");
+}
