@@ -135,7 +135,7 @@ impl Hub {
     fn command(&mut self, id: u64, nick: &str, command: &str) {
         let (name, arg) = command.split_once(' ').unwrap_or((command, ""));
         match name {
-            "me" => self.broadcast_except(id, &format!("* {nick} {arg}")),
+            "me" => self.broadcast_except(id, format!("* {nick} {arg}").trim_end()),
             "nick" => self.rename(id, nick, arg.trim()),
             "who" => {
                 let mut names: Vec<&str> = self.members.values().map(|m| m.nick.as_str()).collect();

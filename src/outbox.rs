@@ -40,19 +40,27 @@ impl Outbox {
     }
 
     /// Appends one line (a `\n` is added); returns false when it did not fit.
+    ///
+    /// The worker is woken only when its outbox stops being empty or first becomes full:
+    /// one system call per line per member would dominate a busy hub, and a worker takes
+    /// everything queued whenever it can write.
     pub fn push_line(&self, line: &str) -> bool {
-        let fits = {
+        let (fits, wake) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.bytes.len() + line.len() + 1 > OUTBOX_LIMIT {
+                let newly_full = state.full_since.is_none();
                 state.full_since.get_or_insert_with(Instant::now);
-                false
+                (false, newly_full)
             } else {
+                let was_empty = state.bytes.is_empty();
                 state.bytes.extend(line.as_bytes());
                 state.bytes.push_back(b'\n');
-                true
+                (true, was_empty)
             }
         };
-        self.notify();
+        if wake {
+            self.notify();
+        }
         fits
     }
 

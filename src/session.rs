@@ -214,7 +214,7 @@ impl<'a> Session<'a> {
         self.framer.push(bytes, &mut framed);
         for item in framed {
             match item {
-                Framed::Line(text) if text == "/quit" => {
+                Framed::Line(text) if text.split(' ').next() == Some("/quit") => {
                     self.close_by_server(ServerClose::Quit);
                     return;
                 }
