@@ -126,7 +126,7 @@ pub struct ConnectArgs {
     /// Do not check the server's certificate at all (prints a warning).
     #[arg(long, conflicts_with_all = ["ca", "pin"])]
     pub insecure: bool,
-    /// Accept exactly the certificate whose DER has this SHA-256; replaces the CA check.
+    /// Accept exactly the certificate whose DER has this SHA-256, instead of the CA and name checks.
     #[arg(long, value_name = "sha256:HEX", conflicts_with = "ca")]
     pub pin: Option<Pin>,
     /// Client certificate (PEM, may carry the chain) for mutual TLS.
@@ -357,6 +357,98 @@ mod tests {
         assert_eq!(args.validate().unwrap_err().exit_code(), 2);
         let mut args = serve(&["--allow-cn", "alice"]).unwrap();
         assert_eq!(args.validate().unwrap_err().exit_code(), 2, "--allow-cn without --client-ca");
+    }
+
+    mod connect_args {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn connect(args: &[&str]) -> Result<ConnectArgs, clap::Error> {
+            let mut argv = vec!["tlsrelay", "connect"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv)?.command {
+                Command::Connect(args) => Ok(args),
+                _ => unreachable!(),
+            }
+        }
+
+        #[test]
+        fn defaults_match_the_design() {
+            let args = connect(&["example.com:443"]).unwrap();
+            args.validate().unwrap();
+            assert_eq!(args.target, Target { host: "example.com".into(), port: 443 });
+            assert_eq!(args.reconnect_max, Duration::from_secs(30));
+            assert_eq!(args.reconnect_min, Duration::from_secs(1));
+            assert_eq!(args.close_timeout, Duration::from_secs(5));
+            assert!(!args.reconnect && !args.insecure && !args.verbose);
+            assert!(args.ca.is_none() && args.pin.is_none() && args.cert.is_none());
+        }
+
+        #[test]
+        fn targets_take_names_addresses_and_bracketed_ipv6() {
+            let target: Target = "[::1]:7443".parse().unwrap();
+            assert_eq!((target.host.as_str(), target.port), ("::1", 7443));
+            assert_eq!(target.to_string(), "[::1]:7443");
+            assert!(target.ip().is_some());
+            let target: Target = "127.0.0.1:7443".parse().unwrap();
+            assert!(target.ip().is_some());
+            assert!("localhost:7443".parse::<Target>().unwrap().ip().is_none());
+            for bad in ["localhost", "::1:7443", "[::1]7443", ":443", "host:0", "host:99999", "host:x"] {
+                assert!(bad.parse::<Target>().is_err(), "{bad}");
+            }
+        }
+
+        #[test]
+        fn pins_take_hex_with_or_without_colons() {
+            let hex = "99f70e36f350a0d27e5a83a6cd33200b1973e914e4c020d2d2ff63e994fe2aa5";
+            let pin: Pin = format!("sha256:{hex}").parse().unwrap();
+            assert_eq!(pin.to_string(), format!("sha256:{hex}"));
+            let fingerprint = "99:F7:0E:36:F3:50:A0:D2:7E:5A:83:A6:CD:33:20:0B:19:73:E9:14:E4:C0:20:D2:D2:FF:63:E9:94:FE:2A:A5";
+            assert_eq!(format!("SHA256:{fingerprint}").parse::<Pin>().unwrap(), pin);
+            for bad in [
+                hex,
+                "sha1:abcd",
+                "sha256:abcd",
+                &format!("sha256:{hex}00"),
+                &format!("sha256:{}", "zz".repeat(32)),
+            ] {
+                assert!(bad.parse::<Pin>().is_err(), "{bad}");
+            }
+        }
+
+        #[test]
+        fn contradictory_or_incomplete_options_are_usage_errors() {
+            assert!(connect(&[]).is_err());
+            assert!(connect(&["h:1", "--insecure", "--ca", "ca.crt"]).is_err());
+            assert!(connect(&["h:1", "--insecure", "--pin", &format!("sha256:{}", "00".repeat(32))]).is_err());
+            assert!(
+                connect(&["h:1", "--ca", "ca.crt", "--pin", &format!("sha256:{}", "00".repeat(32))]).is_err()
+            );
+            assert!(connect(&["h:1", "--cert", "c.crt"]).is_err(), "--cert needs --key");
+            assert!(connect(&["h:1", "--key", "c.key"]).is_err(), "--key needs --cert");
+            let args = connect(&["h:1", "--reconnect-max", "0.5"]).unwrap();
+            assert_eq!(args.validate().unwrap_err().exit_code(), 2, "max below the 1 s min");
+            let args = connect(&["h:1", "--reconnect-min", "0"]).unwrap();
+            assert_eq!(args.validate().unwrap_err().exit_code(), 2);
+        }
+
+        proptest! {
+            /// Every fingerprint printed as --pin parses back to itself.
+            #[test]
+            fn pins_round_trip(bytes in any::<[u8; 32]>()) {
+                let pin = Pin(bytes);
+                prop_assert_eq!(pin.to_string().parse::<Pin>().unwrap(), pin);
+            }
+
+            /// Every socket address printed as a target parses back to the same host and port.
+            #[test]
+            fn socket_addresses_are_targets(ip in any::<IpAddr>(), port in 1u16..) {
+                let addr = SocketAddr::new(ip, port);
+                let target: Target = addr.to_string().parse().unwrap();
+                prop_assert_eq!(target.ip(), Some(addr.ip()));
+                prop_assert_eq!(target.port, addr.port());
+            }
+        }
     }
 
     mod properties {

@@ -4,6 +4,7 @@
 mod buffer;
 mod certgen;
 mod cli;
+mod client;
 mod close;
 mod daemon;
 mod error;
@@ -30,12 +31,14 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => daemon::serve(args),
-        // Placeholder until src/client is wired in (its author replaces this arm).
-        Command::Connect(_) => Err(Error::Usage("connect: not wired in yet".into())),
         Command::Upgrade(args) => upgrade::request(&args.pid_file),
         Command::GenCert(args) => {
             certgen::run(&certgen::Options { out: args.out, names: args.names, clients: args.clients })
         }
+        Command::Connect(args) => match client::run(args) {
+            Ok(ending) => std::process::exit(ending.exit_code()),
+            Err(err) => Err(err),
+        },
     };
     if let Err(err) = result {
         report(&err);
