@@ -14,6 +14,22 @@ pub enum Want {
     Write,
 }
 
+/// What the last non-blocking TLS calls on one socket are waiting for, to poll it for.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Interest {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Interest {
+    pub fn on(&mut self, want: Want) {
+        match want {
+            Want::Read => self.read = true,
+            Want::Write => self.write = true,
+        }
+    }
+}
+
 /// How the peer's side of a TLS stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsEnd {
@@ -54,6 +70,14 @@ pub fn classify(err: &ssl::Error) -> TlsStatus {
 
 fn is_unexpected_eof(stack: &openssl::error::ErrorStack) -> bool {
     stack.errors().iter().any(|e| e.reason() == Some("unexpected eof while reading"))
+}
+
+/// A failed write or shutdown leaves the stream unusable, whatever the error says.
+pub fn broken_by(end: TlsEnd) -> TlsEnd {
+    match end {
+        TlsEnd::Reset(reason) => TlsEnd::Reset(reason),
+        _ => TlsEnd::Reset("connection closed".into()),
+    }
 }
 
 /// A handshake error as one short reason for the log ("wrong version number").

@@ -11,7 +11,7 @@ use openssl::ssl::{SslStream, SslVersion};
 
 use crate::buffer::Buffer;
 use crate::cli::ClientEof;
-use crate::close::{classify, CloseKind, TlsEnd, TlsStatus, Want};
+use crate::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
@@ -44,21 +44,11 @@ struct Closing {
 /// What the last non-blocking attempt on each socket is waiting for.
 #[derive(Default)]
 struct Blocked {
-    client_read: bool,
-    client_write: bool,
+    client: Interest,
     upstream_read: bool,
     upstream_write: bool,
     /// The truncated client's bytes are still in the upstream's send queue.
     upstream_send_queue: bool,
-}
-
-impl Blocked {
-    fn client(&mut self, want: Want) {
-        match want {
-            Want::Read => self.client_read = true,
-            Want::Write => self.client_write = true,
-        }
-    }
 }
 
 /// One connection's relay state; consumed by [`Relay::run`].
@@ -169,7 +159,7 @@ impl<'a> Relay<'a> {
             }
             Err(err) => match classify(&err) {
                 TlsStatus::Blocked(want) => {
-                    self.blocked.client(want);
+                    self.blocked.client.on(want);
                     false
                 }
                 TlsStatus::Ended(end) => {
@@ -332,15 +322,11 @@ impl<'a> Relay<'a> {
         match classify(err) {
             TlsStatus::Blocked(want) => {
                 self.tls_write_in_progress = true;
-                self.blocked.client(want);
+                self.blocked.client.on(want);
                 false
             }
             TlsStatus::Ended(end) => {
-                let reason = match end {
-                    TlsEnd::Reset(reason) => reason,
-                    _ => "connection closed".into(),
-                };
-                self.client_end = Some(TlsEnd::Reset(reason));
+                self.client_end = Some(broken_by(end));
                 self.to_client.discard();
                 true
             }
@@ -463,7 +449,7 @@ impl<'a> Relay<'a> {
     fn wait(&mut self) -> io::Result<()> {
         let mut set = PollSet::new();
         let b = &self.blocked;
-        set.add(self.tls.get_ref().as_raw_fd(), b.client_read, b.client_write);
+        set.add(self.tls.get_ref().as_raw_fd(), b.client.read, b.client.write);
         if let Some(upstream) = &self.upstream {
             set.add(upstream.as_raw_fd(), b.upstream_read, b.upstream_write);
         }

@@ -11,7 +11,7 @@ use log::{debug, warn};
 use openssl::ssl::SslStream;
 
 use crate::buffer::Buffer;
-use crate::close::{classify, CloseKind, TlsEnd, TlsStatus, Want};
+use crate::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus};
 use crate::hub::{HubMsg, LeaveReason};
 use crate::lines::{Framed, LineFramer};
 use crate::outbox::{Outbox, TOO_SLOW_AFTER};
@@ -56,21 +56,6 @@ impl ServerClose {
     }
 }
 
-#[derive(Default)]
-struct Blocked {
-    read: bool,
-    write: bool,
-}
-
-impl Blocked {
-    fn on(&mut self, want: Want) {
-        match want {
-            Want::Read => self.read = true,
-            Want::Write => self.write = true,
-        }
-    }
-}
-
 pub struct Session<'a> {
     id: u64,
     tls: SslStream<TcpStream>,
@@ -87,7 +72,7 @@ pub struct Session<'a> {
     close_notify_sent: bool,
     tls_write_in_progress: bool,
     deadline: Option<Instant>,
-    blocked: Blocked,
+    blocked: Interest,
     last_activity: Instant,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -117,7 +102,7 @@ impl<'a> Session<'a> {
             close_notify_sent: false,
             tls_write_in_progress: false,
             deadline: None,
-            blocked: Blocked::default(),
+            blocked: Interest::default(),
             last_activity: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
@@ -162,7 +147,7 @@ impl<'a> Session<'a> {
 
     fn pump(&mut self) {
         loop {
-            self.blocked = Blocked::default();
+            self.blocked = Interest::default();
             let mut progress = self.read_client();
             progress |= self.write_client();
             if self.closing() && self.deadline.is_none() {
@@ -311,11 +296,7 @@ impl<'a> Session<'a> {
                 false
             }
             TlsStatus::Ended(end) => {
-                let reason = match end {
-                    TlsEnd::Reset(reason) => reason,
-                    _ => "connection closed".into(),
-                };
-                self.client_end = Some(TlsEnd::Reset(reason));
+                self.client_end = Some(broken_by(end));
                 self.to_client.discard();
                 true
             }

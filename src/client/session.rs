@@ -11,7 +11,7 @@ use openssl::ssl::SslStream;
 use super::closing::LastLine;
 use super::console::Console;
 use super::Interrupt;
-use crate::close::{classify, TlsEnd, TlsStatus, Want};
+use crate::close::{classify, Interest, TlsEnd, TlsStatus};
 use crate::error::describe_io;
 use crate::sys::PollSet;
 
@@ -52,22 +52,6 @@ pub struct Outcome {
     pub lived: Duration,
 }
 
-/// What the last non-blocking TLS call is waiting for.
-#[derive(Default)]
-struct Blocked {
-    read: bool,
-    write: bool,
-}
-
-impl Blocked {
-    fn on(&mut self, want: Want) {
-        match want {
-            Want::Read => self.read = true,
-            Want::Write => self.write = true,
-        }
-    }
-}
-
 pub struct Session<'a> {
     tls: SslStream<TcpStream>,
     console: &'a mut Console,
@@ -81,7 +65,7 @@ pub struct Session<'a> {
     close_notify_sent: bool,
     /// An `ssl_write` returned WANT_*: the same bytes must be offered again, first.
     write_in_progress: bool,
-    blocked: Blocked,
+    blocked: Interest,
     /// When the closure gives up; pushed back by every byte that moves.
     deadline: Option<Instant>,
     last_line: LastLine,
@@ -106,7 +90,7 @@ impl<'a> Session<'a> {
             abort: false,
             close_notify_sent: false,
             write_in_progress: false,
-            blocked: Blocked::default(),
+            blocked: Interest::default(),
             deadline: None,
             last_line: LastLine::default(),
             started: Instant::now(),
@@ -135,7 +119,7 @@ impl<'a> Session<'a> {
     /// Every non-blocking step that can make progress, until none does.
     fn pump(&mut self) {
         loop {
-            self.blocked = Blocked::default();
+            self.blocked = Interest::default();
             let mut progress = self.read_server();
             progress |= self.write_server();
             progress |= self.close_notify_if_due();
