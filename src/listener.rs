@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use log::{info, warn};
 
+use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::supervisor::Event;
-use crate::sys::{self, PollSet, Wake};
+use crate::sys::{self, PollSet};
 use crate::worker::{self, Settings};
 
 /// Stack for each worker thread: OpenSSL's deepest paths (handshake, ECDSA signing) fit
@@ -72,49 +73,49 @@ impl PerIp {
 
 /// Accepts on `listener` until the stop beacon is lit.
 pub fn run(listener: TcpListener, shared: Arc<Shared>) {
-    let mut refusals = Refusals {
-        over_cap: RateLimited::new(),
-        over_ip_cap: RateLimited::new(),
-        no_thread: RateLimited::new(),
-    };
-    let mut accept_errors = RateLimited::new();
+    let mut logs = RefusalLogs::new();
     let stop_fd = shared.shutdown.accepting.fd();
     loop {
         let mut set = PollSet::new();
         let listen_slot = set.add(listener.as_raw_fd(), true, false);
         let stop_slot = set.add(stop_fd, true, false);
-        if let Err(err) = set.wait(None) {
+        // Wake up only to log refusals held back by the rate limit.
+        if let Err(err) = set.wait(logs.next_flush()) {
             warn!("listener: poll failed: {err}");
             thread::sleep(ACCEPT_BACKOFF);
         }
         if set.ready(stop_slot) {
             return;
         }
-        if set.ready(listen_slot) {
-            accept_all(&listener, &shared, &mut refusals, &mut accept_errors);
+        if set.ready(listen_slot) && accept_all(&listener, &shared, &mut logs) == Pace::BackOff {
+            // Sleep on the stop beacon, so a stop still ends the pause at once.
+            let _ = sys::wait_one(stop_fd, false, &[], Instant::now() + ACCEPT_BACKOFF);
         }
+        logs.flush_due();
     }
 }
 
-/// Accepts until the queue is empty; backs off on resource errors.
-fn accept_all(listener: &TcpListener, shared: &Shared, refusals: &mut Refusals, errors: &mut RateLimited) {
+/// Whether accepting may go on, or must pause because descriptors or memory ran out.
+#[derive(PartialEq, Eq)]
+enum Pace {
+    GoOn,
+    BackOff,
+}
+
+/// Accepts until the queue is empty or a resource runs out.
+fn accept_all(listener: &TcpListener, shared: &Shared, logs: &mut RefusalLogs) -> Pace {
     loop {
         match listener.accept() {
-            Ok((tcp, peer)) => admit(tcp, peer, shared, refusals),
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+            Ok((tcp, peer)) => {
+                if admit(tcp, peer, shared, logs) == Pace::BackOff {
+                    return Pace::BackOff;
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Pace::GoOn,
             Err(err) if is_transient(&err) => continue,
             Err(err) => {
-                if let Some(count) = errors.note() {
-                    warn!(
-                        "accept failed: {} ({count} in the last second); pausing accepts",
-                        crate::error::describe_io(&err)
-                    );
-                }
-                // Sleep on the stop beacon, so a stop still ends the pause at once.
-                let deadline = Instant::now() + ACCEPT_BACKOFF;
-                let _ = sys::wait_one(shared.shutdown.accepting.fd(), false, &[], deadline)
-                    .map(|w| w == Wake::Ready);
-                return;
+                logs.accept_failed.note(describe_io(&err));
+                return Pace::BackOff;
             }
         }
     }
@@ -128,42 +129,46 @@ fn is_transient(err: &io::Error) -> bool {
     )
 }
 
-/// Starts a worker for `tcp`, or closes it at once when over the cap or out of threads.
-fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, refusals: &mut Refusals) {
+/// Starts a worker for `tcp`, or closes it at once (before any handshake) when over a cap or
+/// out of descriptors or threads.
+fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLogs) -> Pace {
     if shared.active.load(Ordering::Acquire) >= shared.max_clients {
-        if let Some(count) = refusals.over_cap.note() {
-            info!("refused: max clients ({count} in the last second)");
-        }
-        return;
+        logs.over_cap.note("");
+        return Pace::GoOn;
     }
     if let Some(per_ip) = &shared.per_ip {
         if !per_ip.try_take(peer.ip()) {
-            if let Some(count) = refusals.over_ip_cap.note() {
-                info!("refused: max clients per ip, latest {} ({count} in the last second)", peer.ip());
-            }
-            return;
+            logs.over_ip_cap.note(peer.ip());
+            return Pace::GoOn;
         }
     }
+    let guard = ActiveGuard::take(shared, peer.ip());
+    // The connection's second descriptor, now: a full table refuses it before the handshake.
+    let reserved = match worker::reserve_descriptor(&tcp, &shared.settings) {
+        Ok(reserved) => reserved,
+        Err(err) => {
+            logs.out_of_fds.note(describe_io(&err));
+            return Pace::BackOff;
+        }
+    };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     info!("conn {id} from {peer} accepted");
-    shared.active.fetch_add(1, Ordering::AcqRel);
-    let guard = ActiveGuard { active: shared.active.clone(), per_ip: shared.per_ip.clone(), ip: peer.ip() };
     let (settings, shutdown, events) =
         (shared.settings.clone(), shared.shutdown.clone(), shared.events.clone());
     let spawned =
         thread::Builder::new().name(format!("conn-{id}")).stack_size(WORKER_STACK).spawn(move || {
             let _guard = guard;
-            worker::run(id, tcp, peer, &settings, &shutdown, &events);
+            worker::run(id, tcp, peer, reserved, &settings, &shutdown, &events);
         });
     match spawned {
         Ok(handle) => {
             let _ = shared.events.send(Event::WorkerStarted { id, handle });
+            Pace::GoOn
         }
         Err(err) => {
             // The closure (and with it the socket and the guard) was dropped by the failed spawn.
-            if let Some(count) = refusals.no_thread.note() {
-                warn!("refused: cannot start a thread: {err} ({count} in the last second)");
-            }
+            logs.no_thread.note(err);
+            Pace::BackOff
         }
     }
 }
@@ -176,6 +181,14 @@ struct ActiveGuard {
     ip: IpAddr,
 }
 
+impl ActiveGuard {
+    /// Counts the connection as active (its per-address slot is already taken).
+    fn take(shared: &Shared, ip: IpAddr) -> Self {
+        shared.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard { active: shared.active.clone(), per_ip: shared.per_ip.clone(), ip }
+    }
+}
+
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
@@ -185,33 +198,87 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// One rate limit per refusal reason, so each reason gets its own line.
-struct Refusals {
+/// One rate-limited log line per reason.
+struct RefusalLogs {
     over_cap: RateLimited,
     over_ip_cap: RateLimited,
+    out_of_fds: RateLimited,
     no_thread: RateLimited,
+    accept_failed: RateLimited,
 }
 
-/// Lets a repeated event be logged at most once a second, with how many happened.
+impl RefusalLogs {
+    fn new() -> Self {
+        RefusalLogs {
+            over_cap: RateLimited::new("refused: max clients", ""),
+            over_ip_cap: RateLimited::new("refused: max clients per ip, latest ", ""),
+            out_of_fds: RateLimited::new("refused: out of descriptors: ", "; pausing accepts"),
+            no_thread: RateLimited::new("refused: cannot start a thread: ", "; pausing accepts"),
+            accept_failed: RateLimited::new("accept failed: ", "; pausing accepts"),
+        }
+    }
+
+    fn all(&mut self) -> [&mut RateLimited; 5] {
+        [
+            &mut self.over_cap,
+            &mut self.over_ip_cap,
+            &mut self.out_of_fds,
+            &mut self.no_thread,
+            &mut self.accept_failed,
+        ]
+    }
+
+    fn next_flush(&mut self) -> Option<Instant> {
+        self.all().iter().filter_map(|limit| limit.flush_at()).min()
+    }
+
+    fn flush_due(&mut self) {
+        for limit in self.all() {
+            limit.flush_if_due();
+        }
+    }
+}
+
+/// Logs a repeated event at most once a second, with how many happened since the last line;
+/// events held back are logged when their second is over.
 struct RateLimited {
+    what: &'static str,
+    suffix: &'static str,
+    detail: String,
     count: u64,
     last_log: Option<Instant>,
 }
 
 impl RateLimited {
-    fn new() -> Self {
-        RateLimited { count: 0, last_log: None }
+    fn new(what: &'static str, suffix: &'static str) -> Self {
+        RateLimited { what, suffix, detail: String::new(), count: 0, last_log: None }
     }
 
-    /// Counts one event; returns the count to log when a line is due.
-    fn note(&mut self) -> Option<u64> {
+    /// Counts one event (`detail`: the latest one's particulars) and logs when a line is due.
+    fn note(&mut self, detail: impl std::fmt::Display) {
         self.count += 1;
+        self.detail = detail.to_string();
+        self.flush_if_due();
+    }
+
+    fn flush_at(&self) -> Option<Instant> {
+        let last = self.last_log?;
+        (self.count > 0).then(|| last + Duration::from_secs(1))
+    }
+
+    fn flush_if_due(&mut self) {
         let due = self.last_log.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
-        if !due {
-            return None;
+        if self.count == 0 || !due {
+            return;
         }
+        let line = format!("{}{} ({} in the last second){}", self.what, self.detail, self.count, self.suffix);
+        if self.suffix.is_empty() {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.count = 0;
         self.last_log = Some(Instant::now());
-        Some(std::mem::take(&mut self.count))
     }
 }
 
@@ -231,12 +298,18 @@ mod tests {
     }
 
     #[test]
-    fn rate_limited_logs_once_then_counts() {
-        let mut limit = RateLimited::new();
-        assert_eq!(limit.note(), Some(1));
-        assert_eq!(limit.note(), None);
-        assert_eq!(limit.note(), None);
+    fn rate_limited_logs_once_then_holds_back_and_flushes() {
+        let mut limit = RateLimited::new("refused: max clients", "");
+        limit.note("");
+        assert_eq!(limit.count, 0, "the first event is logged at once");
+        assert!(limit.flush_at().is_none());
+        limit.note("");
+        limit.note("");
+        assert_eq!(limit.count, 2, "the next ones wait for their second to end");
+        let flush_at = limit.flush_at().expect("a flush is due later");
+        assert!(flush_at > Instant::now());
         limit.last_log = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(limit.note(), Some(3));
+        limit.flush_if_due();
+        assert_eq!(limit.count, 0);
     }
 }

@@ -82,12 +82,12 @@ impl<'a> Session<'a> {
     pub fn new(
         id: u64,
         tls: SslStream<TcpStream>,
+        outbox: Arc<Outbox>,
         settings: &'a Settings,
         shutdown: &'a Shutdown,
         hub: Sender<HubMsg>,
-    ) -> std::io::Result<Self> {
-        let outbox = Arc::new(Outbox::new()?);
-        Ok(Session {
+    ) -> Self {
+        Session {
             id,
             tls,
             settings,
@@ -106,7 +106,7 @@ impl<'a> Session<'a> {
             last_activity: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
-        })
+        }
     }
 
     /// Joins the hub, serves the client until it is closed, leaves the hub.

@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use crate::cli::ClientEof;
 use crate::close::{classify, handshake_reason, CloseKind, TlsStatus, Want};
 use crate::error::describe_io;
 use crate::hub::HubMsg;
+use crate::outbox::Outbox;
 use crate::pump::Relay;
 use crate::session::Session;
 use crate::stop::Shutdown;
@@ -35,17 +37,34 @@ pub struct Settings {
     pub hub: Option<Sender<HubMsg>>,
 }
 
+/// A connection's second descriptor, taken by the listener before the worker starts, so
+/// that a full descriptor table refuses a connection at once rather than after its handshake.
+pub enum Reserved {
+    /// Hub mode: the client's outbox with its wake-up eventfd.
+    Outbox(Arc<Outbox>),
+    /// Forward mode: a placeholder, closed just before the upstream socket is made.
+    Spare(OwnedFd),
+}
+
+pub fn reserve_descriptor(tcp: &TcpStream, settings: &Settings) -> std::io::Result<Reserved> {
+    match settings.hub {
+        Some(_) => Ok(Reserved::Outbox(Arc::new(Outbox::new()?))),
+        None => Ok(Reserved::Spare(tcp.as_fd().try_clone_to_owned()?)),
+    }
+}
+
 /// Serves one accepted client from start to end; logs exactly one `closed:` line.
 pub fn run(
     id: u64,
     tcp: TcpStream,
     peer: SocketAddr,
+    reserved: Reserved,
     settings: &Settings,
     shutdown: &Shutdown,
     events: &Sender<Event>,
 ) {
     let started = Instant::now();
-    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, settings, shutdown);
+    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown);
     info!(
         "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
         started.elapsed().as_secs_f64()
@@ -57,6 +76,7 @@ fn serve(
     id: u64,
     tcp: TcpStream,
     peer: SocketAddr,
+    reserved: Reserved,
     settings: &Settings,
     shutdown: &Shutdown,
 ) -> (CloseKind, u64, u64) {
@@ -76,9 +96,22 @@ fn serve(
     };
     log_established(id, &tls);
 
-    let (Some(target), None) = (&settings.upstream, &settings.hub) else {
-        return serve_hub(id, tls, settings, shutdown);
-    };
+    match reserved {
+        Reserved::Outbox(outbox) => serve_hub(id, tls, outbox, settings, shutdown),
+        Reserved::Spare(spare) => {
+            drop(spare); // its descriptor number is for the upstream socket now
+            serve_forward(id, tls, settings, shutdown)
+        }
+    }
+}
+
+fn serve_forward(
+    id: u64,
+    tls: SslStream<TcpStream>,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> (CloseKind, u64, u64) {
+    let target = settings.upstream.as_deref().expect("forward mode has an upstream");
     let upstream = match connect_upstream(target, settings, shutdown) {
         Ok(stream) => stream,
         Err(reason) => {
@@ -95,20 +128,14 @@ fn serve(
 fn serve_hub(
     id: u64,
     tls: SslStream<TcpStream>,
+    outbox: Arc<Outbox>,
     settings: &Settings,
     shutdown: &Shutdown,
 ) -> (CloseKind, u64, u64) {
     let hub = settings.hub.clone().expect("hub mode has a hub");
-    match Session::new(id, tls, settings, shutdown, hub) {
-        Ok(mut session) => {
-            let kind = session.run();
-            (kind, session.bytes_in, session.bytes_out)
-        }
-        Err(err) => {
-            warn!("conn {id} cannot create its wake-up descriptor: {}", describe_io(&err));
-            (CloseKind::WriteStalled, 0, 0)
-        }
-    }
+    let mut session = Session::new(id, tls, outbox, settings, shutdown, hub);
+    let kind = session.run();
+    (kind, session.bytes_in, session.bytes_out)
 }
 
 fn prepare_socket(tcp: &TcpStream, keepalive: u32) -> std::io::Result<()> {
