@@ -41,3 +41,29 @@ install: build
 clean:
 	cargo clean
 	rm -f certs/*.crt certs/*.key
+
+# Benchmarks (issue 7, BENCH.md): tlsrelay against stunnel, haproxy, nginx (stream) and socat
+# in one run on 127.0.0.1; installs the anchors from Debian when missing (needs root).
+# `bench` is the quick mode (about 3 minutes), `bench-full` the longer one (5,000 idle clients too).
+.PHONY: bench bench-full
+
+bench:
+	cargo build --release --locked --bins
+	python3 bench/bench.py --mode quick
+
+bench-full:
+	cargo build --release --locked --bins
+	python3 bench/bench.py --mode full
+
+# Hub fan-out benchmark (examples/hub_fanout.rs): one sender, N-1 readers, N = 10, 100, 1000.
+# Burst: the sender sends as fast as the hub takes lines (throughput; the delay is queueing).
+# Paced: the sender sends at a fixed rate well under that (the delay of a line in normal use).
+.PHONY: bench-hub
+bench-hub: build
+	cargo build --release --locked --example hub_fanout
+	target/release/examples/hub_fanout --clients 10 --lines 100000 --timeout 120
+	target/release/examples/hub_fanout --clients 100 --lines 5000 --timeout 120
+	target/release/examples/hub_fanout --clients 1000 --lines 200 --timeout 120
+	target/release/examples/hub_fanout --clients 10 --lines 40000 --rate 20000 --timeout 120
+	target/release/examples/hub_fanout --clients 100 --lines 1500 --rate 500 --timeout 120
+	target/release/examples/hub_fanout --clients 1000 --lines 60 --rate 20 --timeout 120
