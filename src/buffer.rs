@@ -26,18 +26,30 @@ impl Buffer {
         }
     }
 
-    /// Space to read into; only called on an empty buffer, so reads never reorder bytes.
+    /// Space after the pending bytes to read into (all of it when empty).
     pub fn space(&mut self) -> &mut [u8] {
-        debug_assert!(self.is_empty());
-        self.start = 0;
-        self.end = 0;
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+        }
         let capacity = self.capacity;
-        self.data.get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())
+        let end = self.end;
+        &mut self.data.get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())[end..]
+    }
+
+    /// How many more bytes [`Buffer::space`] can take.
+    pub fn room(&self) -> usize {
+        if self.is_empty() {
+            self.capacity
+        } else {
+            self.capacity - self.end
+        }
     }
 
     /// Records that `n` bytes were read into [`Buffer::space`].
     pub fn filled(&mut self, n: usize) {
-        self.end = n;
+        self.end += n;
+        debug_assert!(self.end <= self.capacity);
     }
 
     /// Records that `n` pending bytes were written.
@@ -80,6 +92,19 @@ mod tests {
         assert!(buf.is_empty());
         buf.release();
         assert!(buf.data.is_none());
+    }
+
+    #[test]
+    fn reads_append_after_pending_bytes() {
+        let mut buf = Buffer::new(8);
+        buf.space()[..3].copy_from_slice(b"abc");
+        buf.filled(3);
+        assert_eq!(buf.room(), 5);
+        buf.space()[..2].copy_from_slice(b"de");
+        buf.filled(2);
+        assert_eq!(buf.pending(), b"abcde");
+        buf.consume(5);
+        assert_eq!(buf.room(), 8, "a drained buffer starts over");
     }
 
     #[test]

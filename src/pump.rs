@@ -11,11 +11,14 @@ use openssl::ssl::{SslStream, SslVersion};
 
 use crate::buffer::Buffer;
 use crate::cli::ClientEof;
-use crate::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus};
+use crate::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus, Want};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
 use crate::worker::Settings;
+
+/// The most plaintext one TLS record carries.
+const TLS_RECORD: usize = 16 * 1024;
 
 /// Plaintext bytes in flight per direction: two full TLS records, so one `ssl_write` fills
 /// the socket well while an idle connection holds nothing.
@@ -41,10 +44,14 @@ struct Closing {
     by_us: bool,
 }
 
-/// What the last non-blocking attempt on each socket is waiting for.
+/// What each blocked operation waits for. A blocked operation is not tried again until poll
+/// reports that readiness: retrying blindly costs a system call (EAGAIN) and a buffer.
 #[derive(Default)]
 struct Blocked {
-    client: Interest,
+    /// `ssl_read` returned WANT_READ or WANT_WRITE.
+    tls_read: Option<Want>,
+    /// `ssl_write` or `shutdown` returned WANT_READ or WANT_WRITE.
+    tls_write: Option<Want>,
     upstream_read: bool,
     upstream_write: bool,
     /// The truncated client's bytes are still in the upstream's send queue.
@@ -126,8 +133,8 @@ impl<'a> Relay<'a> {
 
     /// Makes every non-blocking step possible, until none makes progress.
     fn pump(&mut self) {
+        self.blocked.upstream_send_queue = false;
         loop {
-            self.blocked = Blocked::default();
             let mut progress = self.read_client();
             progress |= self.write_upstream();
             progress |= self.read_upstream();
@@ -144,22 +151,25 @@ impl<'a> Relay<'a> {
     // ---- client → upstream ----
 
     fn read_client(&mut self) -> bool {
-        if self.client_end.is_some() || !self.to_upstream.is_empty() {
+        // Reading goes on while a whole TLS record still fits, so one upstream write carries
+        // several records.
+        if self.client_end.is_some() || self.blocked.tls_read.is_some() || self.to_upstream.room() < TLS_RECORD {
             return false;
         }
         match self.tls.ssl_read(self.to_upstream.space()) {
             Ok(n) => {
                 self.bytes_in += n as u64;
                 self.last_activity = Instant::now();
-                self.to_upstream.filled(n);
-                if self.upstream_takes_no_more() {
-                    self.to_upstream.discard();
+                // Bytes read once the upstream takes no more are dropped; those read before
+                // still go out ahead of its FIN.
+                if !self.upstream_takes_no_more() {
+                    self.to_upstream.filled(n);
                 }
                 true
             }
             Err(err) => match classify(&err) {
                 TlsStatus::Blocked(want) => {
-                    self.blocked.client.on(want);
+                    self.blocked.tls_read = Some(want);
                     false
                 }
                 TlsStatus::Ended(end) => {
@@ -183,6 +193,9 @@ impl<'a> Relay<'a> {
                 self.upstream_fin_sent = true;
                 return true;
             }
+            return false;
+        }
+        if self.blocked.upstream_write {
             return false;
         }
         match upstream.write(self.to_upstream.pending()) {
@@ -224,7 +237,11 @@ impl<'a> Relay<'a> {
     // ---- upstream → client ----
 
     fn read_upstream(&mut self) -> bool {
-        if self.upstream_end.is_some() || !self.to_client.is_empty() || !self.client_takes_data() {
+        if self.upstream_end.is_some()
+            || self.blocked.upstream_read
+            || !self.to_client.is_empty()
+            || !self.client_takes_data()
+        {
             return false;
         }
         let Some(upstream) = self.upstream.as_mut() else { return false };
@@ -266,7 +283,7 @@ impl<'a> Relay<'a> {
     }
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) {
+        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || self.blocked.tls_write.is_some() {
             return false;
         }
         if !self.to_client.is_empty() && !self.tls_write_in_progress && !self.client_takes_data_already_read()
@@ -322,7 +339,7 @@ impl<'a> Relay<'a> {
         match classify(err) {
             TlsStatus::Blocked(want) => {
                 self.tls_write_in_progress = true;
-                self.blocked.client.on(want);
+                self.blocked.tls_write = Some(want);
                 false
             }
             TlsStatus::Ended(end) => {
@@ -445,20 +462,30 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Sleeps in poll(2) until a socket, a stop beacon or a deadline needs us.
+    /// Sleeps in poll(2) until a socket, a stop beacon or a deadline needs us; then marks the
+    /// operations whose awaited readiness came as worth trying again.
     fn wait(&mut self) -> io::Result<()> {
         let mut set = PollSet::new();
+        let client = self.client_interest();
+        let client_slot = set.add(self.tls.get_ref().as_raw_fd(), client.read, client.write);
         let b = &self.blocked;
-        set.add(self.tls.get_ref().as_raw_fd(), b.client.read, b.client.write);
-        if let Some(upstream) = &self.upstream {
-            set.add(upstream.as_raw_fd(), b.upstream_read, b.upstream_write);
-        }
+        let upstream_slot = match &self.upstream {
+            Some(upstream) => set.add(upstream.as_raw_fd(), b.upstream_read, b.upstream_write),
+            None => None,
+        };
         // A closing worker drops the stop beacon: it stays readable and would make poll spin.
         let stop_slot =
             if self.closing.is_none() { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
 
+        self.unblock_client(set.readable(client_slot), set.writable(client_slot));
+        if set.readable(upstream_slot) {
+            self.blocked.upstream_read = false;
+        }
+        if set.writable(upstream_slot) {
+            self.blocked.upstream_write = false;
+        }
         if set.ready(fast_slot) {
             self.fast_stop();
         } else if set.ready(stop_slot) {
@@ -468,6 +495,25 @@ impl<'a> Relay<'a> {
             self.start_closing(true);
         }
         Ok(())
+    }
+
+    /// What the blocked TLS calls wait for on the client socket.
+    fn client_interest(&self) -> Interest {
+        let mut interest = Interest::default();
+        for want in [self.blocked.tls_read, self.blocked.tls_write].into_iter().flatten() {
+            interest.on(want);
+        }
+        interest
+    }
+
+    fn unblock_client(&mut self, readable: bool, writable: bool) {
+        for blocked in [&mut self.blocked.tls_read, &mut self.blocked.tls_write] {
+            match blocked {
+                Some(Want::Read) if readable => *blocked = None,
+                Some(Want::Write) if writable => *blocked = None,
+                _ => {}
+            }
+        }
     }
 
     /// A fast stop: no more waiting; what can be written without blocking still is.

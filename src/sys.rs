@@ -60,6 +60,16 @@ impl PollSet {
     pub fn ready(&self, slot: Slot) -> bool {
         slot.is_some_and(|i| self.fds[i].revents != 0)
     }
+
+    /// A read would not block: data, end of stream, or an error to collect.
+    pub fn readable(&self, slot: Slot) -> bool {
+        slot.is_some_and(|i| self.fds[i].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+    }
+
+    /// A write would not block, or would fail at once.
+    pub fn writable(&self, slot: Slot) -> bool {
+        slot.is_some_and(|i| self.fds[i].revents & (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) != 0)
+    }
 }
 
 /// Milliseconds until `at`, rounded up so a wait never ends just before its deadline.
