@@ -191,34 +191,26 @@ fn client_reset_resets_upstream_after_delivering_its_bytes_python() {
 /// unread data): either way a truncation, so the upstream must get RST after the bytes.
 #[test]
 fn client_vanishing_without_close_notify_resets_upstream_gnutls() {
-    let f = forward(echo(), &["--close-timeout", "5"]);
-    let mut g = gnutls(f.port(), &f.certs, false);
-    g.wait_handshake();
-    g.send(b"hello from gnutls\n");
-    assert!(g.wait_output("hello from gnutls", PEER), "no echo");
-    g.kill();
-    let seen = f.upstream.next_seen(UPSTREAM);
-    assert_eq!(seen.text(), "hello from gnutls\n");
-    assert_eq!(seen.end, End::Reset, "a vanished client must reach the upstream as RST");
-    let closed = f.daemon.wait_closed(PEER);
-    assert!(
-        closed.kind == "truncated by client" || closed.kind == "reset by client",
-        "wrong kind {:?}; log:\n{}",
-        closed.kind,
-        f.daemon.log_text()
-    );
+    vanishing_client_reaches_upstream_as_reset(|port, certs| gnutls(port, certs, false), "gnutls");
 }
 
 #[test]
 fn client_vanishing_without_close_notify_resets_upstream_openssl() {
+    vanishing_client_reaches_upstream_as_reset(|port, certs| s_client(port, certs, &[]), "s_client");
+}
+
+/// Starts a CLI peer, echoes one line through the relay, kills the peer (no close_notify):
+/// the upstream must get the line and then a RST, and the log a truncation or reset.
+fn vanishing_client_reaches_upstream_as_reset(start: impl FnOnce(u16, &Certs) -> CliPeer, name: &str) {
     let f = forward(echo(), &["--close-timeout", "5"]);
-    let mut s = s_client(f.port(), &f.certs, &[]);
-    s.wait_handshake();
-    s.send(b"hello from s_client\n");
-    assert!(s.wait_output("hello from s_client", PEER), "no echo");
-    s.kill();
+    let mut peer = start(f.port(), &f.certs);
+    peer.wait_handshake();
+    let line = format!("hello from {name}\n");
+    peer.send(line.as_bytes());
+    assert!(peer.wait_output(line.trim_end(), PEER), "no echo");
+    peer.kill();
     let seen = f.upstream.next_seen(UPSTREAM);
-    assert_eq!(seen.text(), "hello from s_client\n");
+    assert_eq!(seen.text(), line);
     assert_eq!(seen.end, End::Reset, "a vanished client must reach the upstream as RST");
     let closed = f.daemon.wait_closed(PEER);
     assert!(
