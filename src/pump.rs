@@ -153,7 +153,10 @@ impl<'a> Relay<'a> {
     fn read_client(&mut self) -> bool {
         // Reading goes on while a whole TLS record still fits, so one upstream write carries
         // several records.
-        if self.client_end.is_some() || self.blocked.tls_read.is_some() || self.to_upstream.room() < TLS_RECORD {
+        if self.client_end.is_some()
+            || self.blocked.tls_read.is_some()
+            || self.to_upstream.room() < TLS_RECORD
+        {
             return false;
         }
         match self.tls.ssl_read(self.to_upstream.space()) {
@@ -283,7 +286,9 @@ impl<'a> Relay<'a> {
     }
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || self.blocked.tls_write.is_some() {
+        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_)))
+            || self.blocked.tls_write.is_some()
+        {
             return false;
         }
         if !self.to_client.is_empty() && !self.tls_write_in_progress && !self.client_takes_data_already_read()

@@ -691,10 +691,8 @@ fn descriptor_exhaustion_with_one_descriptor_free_refuses_before_the_handshake_q
     assert_eq!(flood::served(&held), HELD, "{}", flood::summary(&held));
 
     let waiting = flood::run(&tls, &Plan::new(addr, WAITING, Expect::Line, secs(3.0)));
-    let handshaken = waiting
-        .iter()
-        .filter(|c| !matches!(c.outcome, Outcome::TimedOut(_)) && c.server_bytes > 0)
-        .count();
+    let handshaken =
+        waiting.iter().filter(|c| !matches!(c.outcome, Outcome::TimedOut(_)) && c.server_bytes > 0).count();
     eprintln!("one descriptor free: {}; log:\n{}", flood::summary(&waiting), daemon.log_text());
     assert_eq!(handshaken, 0, "clients were handshaken and then dropped: {}", flood::summary(&waiting));
     assert!(daemon.count_log("refused: out of descriptors") <= 5, "refusals are rate-limited");
