@@ -5,10 +5,14 @@ LISTEN ?= 127.0.0.1:7443
 UPSTREAM ?=
 PREFIX ?= /usr/local
 
-.PHONY: build certs run s_client test deps install clean
+.PHONY: build build-deps certs run s_client test deps install clean
 
-build:
+build: build-deps
 	cargo build --release --locked
+
+# A fresh Debian machine may lack OpenSSL's headers or a C compiler: install just those.
+build-deps:
+	bash scripts/install-test-deps.sh build
 
 certs: build
 	$(BIN) gen-cert --out certs

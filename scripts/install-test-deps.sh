@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs, with apt-get, only the tools the test suite needs that are not there yet.
+# Installs, with apt-get, only the tools the build (`build`) or the test suite (default) needs
+# that are not there yet.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -11,11 +12,15 @@ missing=()
 need() { # need COMMAND PACKAGE: queue PACKAGE when COMMAND is absent
     command -v "$1" >/dev/null 2>&1 || missing+=("$2")
 }
-need gnutls-cli gnutls-bin
-need openssl openssl
-need python3 python3
-need prlimit util-linux
+# `build` (what `make run` needs): a C toolchain and OpenSSL's headers; the default adds the
+# real peers and tools the tests drive.
 need cc gcc
+if [ "${1:-test}" != build ]; then
+    need gnutls-cli gnutls-bin
+    need openssl openssl
+    need python3 python3
+    need prlimit util-linux
+fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then
     missing+=(pkg-config libssl-dev)
