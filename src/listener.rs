@@ -19,8 +19,8 @@ use crate::supervisor::Event;
 use crate::sys::{self, PollSet};
 use crate::worker::{self, Settings};
 
-/// Stack for each worker thread: OpenSSL's deepest paths (handshake, ECDSA signing) fit
-/// comfortably, and only touched pages cost memory.
+/// Stack for each worker thread: the whole test suite (ECDSA and RSA handshakes, client
+/// certificates, the hub's 16 KiB read chunk) runs with it, and only touched pages cost memory.
 const WORKER_STACK: usize = 128 * 1024;
 
 /// How long accepting pauses after EMFILE and its kin, so a full table cannot make us spin.
