@@ -81,7 +81,7 @@ fn run_child(plan: &Plan) -> Result<u32, String> {
     let mut child =
         command.spawn().map_err(|e| format!("cannot start {}: {}", plan.exe.display(), describe_io(&e)))?;
     drop(ready_write);
-    match wait_ready(&ready_read, &mut child) {
+    match wait_ready(std::fs::File::from(ready_read), &mut child) {
         Ok(()) => Ok(child.id()),
         Err(reason) => {
             let _ = child.kill();
@@ -92,10 +92,9 @@ fn run_child(plan: &Plan) -> Result<u32, String> {
 }
 
 /// Reads the ready word; EOF means the child died or closed the pipe first.
-fn wait_ready(pipe: &OwnedFd, child: &mut Child) -> Result<(), String> {
+fn wait_ready(mut pipe: std::fs::File, child: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut word = Vec::new();
-    let mut file = std::fs::File::from(pipe.try_clone().map_err(|e| e.to_string())?);
     while word.len() < READY_WORD.len() {
         match sys::wait_one(pipe.as_raw_fd(), false, &[], deadline) {
             Ok(Wake::Ready) => {}
@@ -104,7 +103,7 @@ fn wait_ready(pipe: &OwnedFd, child: &mut Child) -> Result<(), String> {
             Err(err) => return Err(err.to_string()),
         }
         let mut chunk = [0u8; 16];
-        match file.read(&mut chunk) {
+        match pipe.read(&mut chunk) {
             Ok(0) => return Err(child_gone(child)),
             Ok(n) => word.extend_from_slice(&chunk[..n]),
             Err(err) => return Err(err.to_string()),
