@@ -18,6 +18,7 @@ mod stop;
 mod supervisor;
 mod sys;
 mod tls;
+mod tls_side;
 mod upgrade;
 mod worker;
 

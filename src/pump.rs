@@ -11,10 +11,11 @@ use openssl::ssl::{SslStream, SslVersion};
 
 use crate::buffer::Buffer;
 use crate::cli::ClientEof;
-use crate::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus, Want};
+use crate::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
+use crate::tls_side::TlsSide;
 use crate::worker::Settings;
 
 /// The most plaintext one TLS record carries.
@@ -44,14 +45,11 @@ struct Closing {
     by_us: bool,
 }
 
-/// What each blocked operation waits for. A blocked operation is not tried again until poll
-/// reports that readiness: retrying blindly costs a system call (EAGAIN) and a buffer.
+/// Which upstream operations wait for poll (the client's are in [`TlsSide`]). A blocked
+/// operation is not tried again until poll reports that readiness: retrying blindly costs a
+/// system call (EAGAIN) and a buffer.
 #[derive(Default)]
 struct Blocked {
-    /// `ssl_read` returned WANT_READ or WANT_WRITE.
-    tls_read: Option<Want>,
-    /// `ssl_write` or `shutdown` returned WANT_READ or WANT_WRITE.
-    tls_write: Option<Want>,
     upstream_read: bool,
     upstream_write: bool,
     /// The truncated client's bytes are still in the upstream's send queue.
@@ -61,7 +59,7 @@ struct Blocked {
 /// One connection's relay state; consumed by [`Relay::run`].
 pub struct Relay<'a> {
     id: u64,
-    tls: SslStream<TcpStream>,
+    tls: TlsSide,
     upstream: Option<TcpStream>,
     settings: &'a Settings,
     shutdown: &'a Shutdown,
@@ -72,11 +70,10 @@ pub struct Relay<'a> {
     upstream_end: Option<UpstreamEnd>,
     upstream_fin_sent: bool,
     close_notify_sent: bool,
-    /// An `ssl_write` returned WANT_*: it must be retried with the same bytes first.
-    tls_write_in_progress: bool,
     blocked: Blocked,
     closing: Option<Closing>,
     last_activity: Instant,
+    /// The client's plaintext totals, for the `closed:` line once [`Relay::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -95,7 +92,7 @@ impl<'a> Relay<'a> {
         let upstream_end = if upstream.is_none() { Some(UpstreamEnd::Eof) } else { None };
         Relay {
             id,
-            tls,
+            tls: TlsSide::new(tls),
             upstream,
             settings,
             shutdown,
@@ -106,7 +103,6 @@ impl<'a> Relay<'a> {
             upstream_end,
             upstream_fin_sent: false,
             close_notify_sent: false,
-            tls_write_in_progress: false,
             blocked: Blocked::default(),
             closing: None,
             last_activity: Instant::now(),
@@ -117,15 +113,21 @@ impl<'a> Relay<'a> {
 
     /// Relays until the connection is closed; returns how it closed.
     pub fn run(&mut self) -> CloseKind {
+        let kind = self.relay_until_closed();
+        self.finish(&kind);
+        self.bytes_in = self.tls.bytes_in();
+        self.bytes_out = self.tls.bytes_out();
+        kind
+    }
+
+    fn relay_until_closed(&mut self) -> CloseKind {
         loop {
             self.pump();
             if let Some(kind) = self.outcome() {
-                self.finish(&kind);
                 return kind;
             }
             if let Err(err) = self.wait() {
                 warn!("conn {} poll failed: {err}", self.id);
-                self.finish(&CloseKind::WriteStalled);
                 return CloseKind::WriteStalled;
             }
         }
@@ -153,15 +155,11 @@ impl<'a> Relay<'a> {
     fn read_client(&mut self) -> bool {
         // Reading goes on while a whole TLS record still fits, so one upstream write carries
         // several records.
-        if self.client_end.is_some()
-            || self.blocked.tls_read.is_some()
-            || self.to_upstream.room() < TLS_RECORD
-        {
+        if self.client_end.is_some() || !self.tls.may_read() || self.to_upstream.room() < TLS_RECORD {
             return false;
         }
-        match self.tls.ssl_read(self.to_upstream.space()) {
+        match self.tls.read(self.to_upstream.space()) {
             Ok(n) => {
-                self.bytes_in += n as u64;
                 self.last_activity = Instant::now();
                 // Bytes read once the upstream takes no more are dropped; those read before
                 // still go out ahead of its FIN.
@@ -170,17 +168,12 @@ impl<'a> Relay<'a> {
                 }
                 true
             }
-            Err(err) => match classify(&err) {
-                TlsStatus::Blocked(want) => {
-                    self.blocked.tls_read = Some(want);
-                    false
-                }
-                TlsStatus::Ended(end) => {
-                    debug!("conn {} client ended: {end:?}", self.id);
-                    self.client_end = Some(end);
-                    true
-                }
-            },
+            Err(TlsStatus::Blocked(_)) => false,
+            Err(TlsStatus::Ended(end)) => {
+                debug!("conn {} client ended: {end:?}", self.id);
+                self.client_end = Some(end);
+                true
+            }
         }
     }
 
@@ -286,12 +279,12 @@ impl<'a> Relay<'a> {
     }
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_)))
-            || self.blocked.tls_write.is_some()
-        {
+        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || !self.tls.may_write() {
             return false;
         }
-        if !self.to_client.is_empty() && !self.tls_write_in_progress && !self.client_takes_data_already_read()
+        if !self.to_client.is_empty()
+            && !self.tls.write_in_progress()
+            && !self.client_takes_data_already_read()
         {
             // TLS 1.2 after the client's close_notify: the bytes cannot be sent any more.
             self.to_client.discard();
@@ -316,37 +309,31 @@ impl<'a> Relay<'a> {
     }
 
     fn write_pending_to_client(&mut self) -> bool {
-        match self.tls.ssl_write(self.to_client.pending()) {
+        match self.tls.write(self.to_client.pending()) {
             Ok(n) => {
-                self.tls_write_in_progress = false;
                 self.to_client.consume(n);
-                self.bytes_out += n as u64;
                 self.last_activity = Instant::now();
                 true
             }
-            Err(err) => self.client_call_failed(&err),
+            Err(status) => self.client_call_failed(status),
         }
     }
 
     fn send_close_notify(&mut self) -> bool {
-        match self.tls.shutdown() {
-            Ok(_) => {
+        match self.tls.close_notify() {
+            Ok(()) => {
                 debug!("conn {} sent close_notify", self.id);
                 self.close_notify_sent = true;
                 true
             }
-            Err(err) => self.client_call_failed(&err),
+            Err(status) => self.client_call_failed(status),
         }
     }
 
-    /// Handles a failed `ssl_write`/`shutdown`; returns whether anything changed.
-    fn client_call_failed(&mut self, err: &openssl::ssl::Error) -> bool {
-        match classify(err) {
-            TlsStatus::Blocked(want) => {
-                self.tls_write_in_progress = true;
-                self.blocked.tls_write = Some(want);
-                false
-            }
+    /// Handles a failed write or close_notify; returns whether anything changed.
+    fn client_call_failed(&mut self, status: TlsStatus) -> bool {
+        match status {
+            TlsStatus::Blocked(_) => false,
             TlsStatus::Ended(end) => {
                 self.client_end = Some(broken_by(end));
                 self.to_client.discard();
@@ -454,7 +441,7 @@ impl<'a> Relay<'a> {
     /// Closes the sockets the way `kind` demands: RST where the end was unclean.
     fn finish(&mut self, kind: &CloseKind) {
         match kind {
-            CloseKind::UpstreamReset | CloseKind::WriteStalled => sys::set_linger_zero(self.tls.get_ref()),
+            CloseKind::UpstreamReset | CloseKind::WriteStalled => sys::set_linger_zero(self.tls.socket()),
             CloseKind::TruncatedByClient | CloseKind::ResetByClient => {
                 if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.settings.client_eof) {
                     sys::set_linger_zero(upstream);
@@ -471,8 +458,7 @@ impl<'a> Relay<'a> {
     /// operations whose awaited readiness came as worth trying again.
     fn wait(&mut self) -> io::Result<()> {
         let mut set = PollSet::new();
-        let client = self.client_interest();
-        let client_slot = set.add(self.tls.get_ref().as_raw_fd(), client.read, client.write);
+        let client_slot = self.tls.poll_on(&mut set);
         let b = &self.blocked;
         let upstream_slot = match &self.upstream {
             Some(upstream) => set.add(upstream.as_raw_fd(), b.upstream_read, b.upstream_write),
@@ -484,7 +470,7 @@ impl<'a> Relay<'a> {
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
 
-        self.unblock_client(set.readable(client_slot), set.writable(client_slot));
+        self.tls.woken(&set, client_slot);
         if set.readable(upstream_slot) {
             self.blocked.upstream_read = false;
         }
@@ -500,25 +486,6 @@ impl<'a> Relay<'a> {
             self.start_closing(true);
         }
         Ok(())
-    }
-
-    /// What the blocked TLS calls wait for on the client socket.
-    fn client_interest(&self) -> Interest {
-        let mut interest = Interest::default();
-        for want in [self.blocked.tls_read, self.blocked.tls_write].into_iter().flatten() {
-            interest.on(want);
-        }
-        interest
-    }
-
-    fn unblock_client(&mut self, readable: bool, writable: bool) {
-        for blocked in [&mut self.blocked.tls_read, &mut self.blocked.tls_write] {
-            match blocked {
-                Some(Want::Read) if readable => *blocked = None,
-                Some(Want::Write) if writable => *blocked = None,
-                _ => {}
-            }
-        }
     }
 
     /// A fast stop: no more waiting; what can be written without blocking still is.

@@ -1,0 +1,228 @@
+//! The TLS side of one connection: a non-blocking `SslStream`, what its blocked calls wait
+//! for, and the plaintext it carried. The forward pump, the hub session and `connect` all
+//! drive their TLS peer through it, so the WANT_READ/WANT_WRITE rules of DESIGN §3 live here once.
+
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+
+use openssl::ssl::{self, SslStream};
+
+use crate::close::{classify, Interest, TlsStatus, Want};
+use crate::sys::{PollSet, Slot};
+
+pub struct TlsSide {
+    stream: SslStream<TcpStream>,
+    /// What a blocked `ssl_read` waits for. It is not called again until poll reports that
+    /// readiness: retrying blindly costs a system call (EAGAIN) and the caller a buffer.
+    read_waits: Option<Want>,
+    /// What a blocked `ssl_write` or `shutdown` waits for, with the same rule.
+    write_waits: Option<Want>,
+    /// An `ssl_write` returned WANT_*: OpenSSL requires the same bytes to be offered again
+    /// before anything else is written.
+    write_in_progress: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl TlsSide {
+    /// Takes a stream whose handshake is done and whose socket is non-blocking.
+    pub fn new(stream: SslStream<TcpStream>) -> Self {
+        TlsSide {
+            stream,
+            read_waits: None,
+            write_waits: None,
+            write_in_progress: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        self.stream.get_ref()
+    }
+
+    /// No earlier `read` is still waiting for the socket.
+    pub fn may_read(&self) -> bool {
+        self.read_waits.is_none()
+    }
+
+    /// No earlier `write` or `close_notify` is still waiting for the socket.
+    pub fn may_write(&self) -> bool {
+        self.write_waits.is_none()
+    }
+
+    /// The last `write` blocked: the next one must offer the same bytes.
+    pub fn write_in_progress(&self) -> bool {
+        self.write_in_progress
+    }
+
+    /// Plaintext bytes received.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
+    }
+
+    /// Plaintext bytes sent.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out
+    }
+
+    /// One `ssl_read` into `buf`; on `Blocked`, [`TlsSide::may_read`] stays false until poll
+    /// reports what it waits for.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsStatus> {
+        match self.stream.ssl_read(buf) {
+            Ok(n) => {
+                self.bytes_in += n as u64;
+                Ok(n)
+            }
+            Err(err) => Err(remember_wait(&mut self.read_waits, &err)),
+        }
+    }
+
+    /// One `ssl_write` of `bytes` (partial writes are enabled: it may take fewer).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<usize, TlsStatus> {
+        match self.stream.ssl_write(bytes) {
+            Ok(n) => {
+                self.write_in_progress = false;
+                self.bytes_out += n as u64;
+                Ok(n)
+            }
+            Err(err) => {
+                let status = remember_wait(&mut self.write_waits, &err);
+                self.write_in_progress |= matches!(status, TlsStatus::Blocked(_));
+                Err(status)
+            }
+        }
+    }
+
+    /// Sends close_notify (`shutdown`, DESIGN §3); `Ok` once it is on its way.
+    pub fn close_notify(&mut self) -> Result<(), TlsStatus> {
+        match self.stream.shutdown() {
+            Ok(_) => Ok(()),
+            Err(err) => Err(remember_wait(&mut self.write_waits, &err)),
+        }
+    }
+
+    /// Adds the socket to `set` for what the blocked calls wait for (nothing when none is).
+    pub fn poll_on(&self, set: &mut PollSet) -> Slot {
+        let mut interest = Interest::default();
+        for want in [self.read_waits, self.write_waits].into_iter().flatten() {
+            interest.on(want);
+        }
+        set.add(self.socket().as_raw_fd(), interest.read, interest.write)
+    }
+
+    /// After poll: the calls whose awaited readiness came may be tried again.
+    pub fn woken(&mut self, set: &PollSet, slot: Slot) {
+        let (readable, writable) = (set.readable(slot), set.writable(slot));
+        for waits in [&mut self.read_waits, &mut self.write_waits] {
+            match waits {
+                Some(Want::Read) if readable => *waits = None,
+                Some(Want::Write) if writable => *waits = None,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Classifies a failed call and, when it blocked, records what it waits for in `waits`.
+fn remember_wait(waits: &mut Option<Want>, err: &ssl::Error) -> TlsStatus {
+    let status = classify(err);
+    if let TlsStatus::Blocked(want) = status {
+        *waits = Some(want);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::time::{Duration, Instant};
+
+    use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+
+    use crate::certgen;
+    use crate::close::TlsEnd;
+
+    /// A TLS connection over loopback TCP: (our non-blocking server side, a blocking client).
+    fn tls_pair() -> (TlsSide, SslStream<TcpStream>) {
+        let dir = tempfile::tempdir().unwrap();
+        certgen::run(&certgen::Options { out: dir.path().into(), names: vec![], clients: vec![] }).unwrap();
+        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
+        acceptor.set_certificate_chain_file(dir.path().join("server.crt")).unwrap();
+        acceptor.set_private_key_file(dir.path().join("server.key"), SslFiletype::PEM).unwrap();
+        let acceptor = acceptor.build();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
+            connector.set_verify(SslVerifyMode::NONE);
+            connector.build().connect("localhost", TcpStream::connect(addr).unwrap()).unwrap()
+        });
+        let ours = acceptor.accept(listener.accept().unwrap().0).unwrap();
+        ours.get_ref().set_nonblocking(true).unwrap();
+        (TlsSide::new(ours), client.join().unwrap())
+    }
+
+    /// Polls for what `side` waits for (at most 5 s), then tells it what came.
+    fn poll(side: &mut TlsSide) {
+        let mut set = PollSet::new();
+        let slot = side.poll_on(&mut set);
+        set.wait(Some(Instant::now() + Duration::from_secs(5))).unwrap();
+        side.woken(&set, slot);
+    }
+
+    /// Repeats `call` each time poll reports what it waits for, until it succeeds.
+    fn retry<T>(side: &mut TlsSide, mut call: impl FnMut(&mut TlsSide) -> Result<T, TlsStatus>) -> T {
+        loop {
+            match call(side) {
+                Ok(value) => return value,
+                Err(TlsStatus::Blocked(_)) => poll(side),
+                Err(end) => panic!("the stream ended: {end:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_blocked_read_waits_until_poll_reports_data() {
+        let (mut side, mut peer) = tls_pair();
+        let mut buf = [0u8; 64];
+        assert_eq!(side.read(&mut buf), Err(TlsStatus::Blocked(Want::Read)));
+        assert!(!side.may_read());
+        peer.write_all(b"hello").unwrap();
+        poll(&mut side);
+        assert!(side.may_read());
+        assert_eq!(side.read(&mut buf), Ok(5));
+        assert_eq!(side.bytes_in(), 5);
+    }
+
+    #[test]
+    fn a_blocked_write_stays_in_progress_until_its_bytes_go_out() {
+        let (mut side, mut peer) = tls_pair();
+        let chunk = vec![7u8; 16 * 1024];
+        let blocked = loop {
+            if let Err(status) = side.write(&chunk) {
+                break status;
+            }
+        };
+        assert_eq!(blocked, TlsStatus::Blocked(Want::Write));
+        assert!(side.write_in_progress() && !side.may_write());
+
+        let reader = std::thread::spawn(move || {
+            let (mut total, mut buf) = (0, vec![0u8; 64 * 1024]);
+            loop {
+                match peer.ssl_read(&mut buf) {
+                    Ok(n) => total += n as u64,
+                    Err(err) => return (total, classify(&err)),
+                }
+            }
+        });
+        retry(&mut side, |side| side.write(&chunk));
+        assert!(!side.write_in_progress());
+        retry(&mut side, TlsSide::close_notify);
+        let (received, end) = reader.join().unwrap();
+        assert_eq!(received, side.bytes_out());
+        assert_eq!(end, TlsStatus::Ended(TlsEnd::CloseNotify));
+    }
+}
