@@ -2,7 +2,6 @@
 //! client, and every close the server starts is announced by `* closing: REASON` (DESIGN §5).
 
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,12 +10,13 @@ use log::{debug, warn};
 use openssl::ssl::SslStream;
 
 use crate::buffer::Buffer;
-use crate::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus};
+use crate::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
 use crate::hub::{HubMsg, LeaveReason};
 use crate::lines::{Framed, LineFramer};
 use crate::outbox::{Outbox, TOO_SLOW_AFTER};
 use crate::stop::{CloseReason, Shutdown};
 use crate::sys::{self, PollSet};
+use crate::tls_side::TlsSide;
 use crate::worker::Settings;
 
 /// Plaintext read from the client per call: one TLS record.
@@ -58,22 +58,23 @@ impl ServerClose {
 
 pub struct Session<'a> {
     id: u64,
-    tls: SslStream<TcpStream>,
+    tls: TlsSide,
     settings: &'a Settings,
     shutdown: &'a Shutdown,
     hub: Sender<HubMsg>,
     outbox: Arc<Outbox>,
     framer: LineFramer,
+    /// Bytes just read from the client, framed at once; capacity only while a pump pass runs.
+    from_client: Vec<u8>,
     to_client: Buffer,
     client_end: Option<TlsEnd>,
     /// Set when the server decided to close; the announcement is queued once.
     server_close: Option<ServerClose>,
     announced: bool,
     close_notify_sent: bool,
-    tls_write_in_progress: bool,
     deadline: Option<Instant>,
-    blocked: Interest,
     last_activity: Instant,
+    /// The client's plaintext totals, for the `closed:` line once [`Session::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
 }
@@ -89,20 +90,19 @@ impl<'a> Session<'a> {
     ) -> Self {
         Session {
             id,
-            tls,
+            tls: TlsSide::new(tls),
             settings,
             shutdown,
             hub,
             outbox,
             framer: LineFramer::default(),
+            from_client: Vec::new(),
             to_client: Buffer::new(WRITE_CHUNK),
             client_end: None,
             server_close: None,
             announced: false,
             close_notify_sent: false,
-            tls_write_in_progress: false,
             deadline: None,
-            blocked: Interest::default(),
             last_activity: Instant::now(),
             bytes_in: 0,
             bytes_out: 0,
@@ -114,6 +114,8 @@ impl<'a> Session<'a> {
         let _ = self.hub.send(HubMsg::Join { id: self.id, outbox: self.outbox.clone() });
         let kind = self.serve();
         let _ = self.hub.send(HubMsg::Leave { id: self.id, reason: self.leave_reason(&kind) });
+        self.bytes_in = self.tls.bytes_in();
+        self.bytes_out = self.tls.bytes_out();
         kind
     }
 
@@ -123,13 +125,13 @@ impl<'a> Session<'a> {
             if let Some(kind) = self.outcome() {
                 if matches!(kind, CloseKind::WriteStalled) {
                     warn!("conn {} client stopped reading during the closure; connection reset", self.id);
-                    sys::set_linger_zero(self.tls.get_ref());
+                    sys::set_linger_zero(self.tls.socket());
                 }
                 return kind;
             }
             if let Err(err) = self.wait() {
                 warn!("conn {} poll failed: {err}", self.id);
-                sys::set_linger_zero(self.tls.get_ref());
+                sys::set_linger_zero(self.tls.socket());
                 return CloseKind::WriteStalled;
             }
         }
@@ -147,7 +149,6 @@ impl<'a> Session<'a> {
 
     fn pump(&mut self) {
         loop {
-            self.blocked = Interest::default();
             let mut progress = self.read_client();
             progress |= self.write_client();
             if self.closing() && self.deadline.is_none() {
@@ -155,6 +156,7 @@ impl<'a> Session<'a> {
             }
             if !progress {
                 self.to_client.release();
+                self.from_client = Vec::new(); // an idle connection holds no read buffer
                 return;
             }
         }
@@ -167,36 +169,36 @@ impl<'a> Session<'a> {
     // ---- client → hub ----
 
     fn read_client(&mut self) -> bool {
-        if self.client_end.is_some() || (self.server_close.is_none() && !self.outbox.may_send()) {
+        if self.client_end.is_some()
+            || !self.tls.may_read()
+            || (self.server_close.is_none() && !self.outbox.may_send())
+        {
             return false;
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        match self.tls.ssl_read(&mut chunk) {
-            Ok(n) => {
-                self.bytes_in += n as u64;
+        self.from_client.reserve(READ_CHUNK);
+        match self.tls.read_appending(&mut self.from_client) {
+            Ok(_) => {
                 self.last_activity = Instant::now();
+                // Once the server decided to close, what the client still says is dropped.
                 if self.server_close.is_none() {
-                    self.take_lines(&chunk[..n]);
+                    self.take_lines();
                 }
+                self.from_client.clear();
                 true
             }
-            Err(err) => match classify(&err) {
-                TlsStatus::Blocked(want) => {
-                    self.blocked.on(want);
-                    false
-                }
-                TlsStatus::Ended(end) => {
-                    debug!("conn {} client ended: {end:?}", self.id);
-                    self.client_end = Some(end);
-                    true
-                }
-            },
+            Err(TlsStatus::Blocked(_)) => false,
+            Err(TlsStatus::Ended(end)) => {
+                debug!("conn {} client ended: {end:?}", self.id);
+                self.client_end = Some(end);
+                true
+            }
         }
     }
 
-    fn take_lines(&mut self, bytes: &[u8]) {
+    /// Frames the bytes just read and hands each line to the hub.
+    fn take_lines(&mut self) {
         let mut framed = Vec::new();
-        self.framer.push(bytes, &mut framed);
+        self.framer.push(&self.from_client, &mut framed);
         for item in framed {
             match item {
                 Framed::Line(text) if text.split(' ').next() == Some("/quit") => {
@@ -225,10 +227,13 @@ impl<'a> Session<'a> {
     // ---- hub → client ----
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || self.close_notify_sent {
+        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_)))
+            || self.close_notify_sent
+            || !self.tls.may_write()
+        {
             return false;
         }
-        if self.client_end.is_some() && !self.tls_write_in_progress {
+        if self.client_end.is_some() && !self.tls.write_in_progress() {
             // The client closed: it gets our close_notify at once (TLS 1.2 forbids more data).
             self.to_client.discard();
         }
@@ -238,15 +243,13 @@ impl<'a> Session<'a> {
             }
             return false;
         }
-        match self.tls.ssl_write(self.to_client.pending()) {
+        match self.tls.write(self.to_client.pending()) {
             Ok(n) => {
-                self.tls_write_in_progress = false;
                 self.to_client.consume(n);
-                self.bytes_out += n as u64;
                 self.last_activity = Instant::now();
                 true
             }
-            Err(err) => self.write_failed(&err),
+            Err(status) => self.write_failed(status),
         }
     }
 
@@ -279,22 +282,19 @@ impl<'a> Session<'a> {
     }
 
     fn send_close_notify(&mut self) -> bool {
-        match self.tls.shutdown() {
-            Ok(_) => {
+        match self.tls.close_notify() {
+            Ok(()) => {
                 self.close_notify_sent = true;
                 true
             }
-            Err(err) => self.write_failed(&err),
+            Err(status) => self.write_failed(status),
         }
     }
 
-    fn write_failed(&mut self, err: &openssl::ssl::Error) -> bool {
-        match classify(err) {
-            TlsStatus::Blocked(want) => {
-                self.tls_write_in_progress = true;
-                self.blocked.on(want);
-                false
-            }
+    /// Handles a failed write or close_notify; returns whether anything changed.
+    fn write_failed(&mut self, status: TlsStatus) -> bool {
+        match status {
+            TlsStatus::Blocked(_) => false,
             TlsStatus::Ended(end) => {
                 self.client_end = Some(broken_by(end));
                 self.to_client.discard();
@@ -320,7 +320,7 @@ impl<'a> Session<'a> {
 
     fn wait(&mut self) -> std::io::Result<()> {
         let mut set = PollSet::new();
-        set.add(self.tls.get_ref().as_raw_fd(), self.blocked.read, self.blocked.write);
+        let tls_slot = self.tls.poll_on(&mut set);
         let open = !self.closing();
         // Polled while open, and cleared on every wake-up: it tells of new lines, of room to
         // send more, and of a full outbox (the too-slow clock).
@@ -329,6 +329,7 @@ impl<'a> Session<'a> {
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
 
+        self.tls.woken(&set, tls_slot);
         if set.ready(outbox_slot) {
             self.outbox.clear_wake();
         }

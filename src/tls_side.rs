@@ -69,7 +69,23 @@ impl TlsSide {
     /// One `ssl_read` into `buf`; on `Blocked`, [`TlsSide::may_read`] stays false until poll
     /// reports what it waits for.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsStatus> {
-        match self.stream.ssl_read(buf) {
+        let result = self.stream.ssl_read(buf);
+        self.count_read(result)
+    }
+
+    /// [`TlsSide::read`] into the spare capacity of `buf`, appending: no buffer is zeroed
+    /// for a read.
+    pub fn read_appending(&mut self, buf: &mut Vec<u8>) -> Result<usize, TlsStatus> {
+        let len = buf.len();
+        let n = self.stream.ssl_read_uninit(buf.spare_capacity_mut());
+        let n = self.count_read(n)?;
+        // SAFETY: `ssl_read_uninit` initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(len + n) };
+        Ok(n)
+    }
+
+    fn count_read(&mut self, result: Result<usize, ssl::Error>) -> Result<usize, TlsStatus> {
+        match result {
             Ok(n) => {
                 self.bytes_in += n as u64;
                 Ok(n)
@@ -194,6 +210,17 @@ mod tests {
         poll(&mut side);
         assert!(side.may_read());
         assert_eq!(side.read(&mut buf), Ok(5));
+        assert_eq!(side.bytes_in(), 5);
+    }
+
+    #[test]
+    fn reads_append_to_what_the_vec_holds() {
+        let (mut side, mut peer) = tls_pair();
+        let mut got = Vec::with_capacity(64);
+        got.extend_from_slice(b"say ");
+        peer.write_all(b"hello").unwrap();
+        retry(&mut side, |side| side.read_appending(&mut got));
+        assert_eq!(got, b"say hello");
         assert_eq!(side.bytes_in(), 5);
     }
 
