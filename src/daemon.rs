@@ -18,7 +18,7 @@ use crate::listener::{self, PerIp, Shared};
 use crate::stop::Shutdown;
 use crate::supervisor::{self, Control, Supervisor};
 use crate::worker::Settings;
-use crate::{hub, sys, tls, upgrade};
+use crate::{hub, malloc, sys, tls, upgrade};
 
 /// Descriptors kept back for listeners, pipes, logging and the upstream resolver.
 const RESERVED_FDS: u64 = 64;
@@ -28,6 +28,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
     // Resolved first: a package upgrade may replace the binary at any moment after start.
     let exe = upgrade::resolve_exe()?;
+    malloc::turn_off_thread_cache(&exe);
     let inherited = upgrade::inherited(args.listen.len())?;
     let acceptor = tls::acceptor(&args)?;
     let max_clients = capacity_checked(args.max_clients);
@@ -35,6 +36,9 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
         Some(mut inherited) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
         None => (bind_all(&args)?, None),
     };
+    for socket in &listeners {
+        sys::set_accepted_options(socket, args.keepalive)?;
+    }
     // Signals are routed before anyone can learn our pid or address: an early SIGUSR2 or
     // SIGTERM must not meet the default action (terminate).
     let (events_tx, events_rx) = crossbeam_channel::unbounded();

@@ -11,6 +11,7 @@ mod error;
 mod hub;
 mod lines;
 mod listener;
+mod malloc;
 mod outbox;
 mod pump;
 mod session;

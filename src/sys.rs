@@ -186,16 +186,76 @@ pub fn set_linger_zero(stream: &TcpStream) {
     let _ = socket::setsockopt(&stream.as_fd(), sockopt::Linger, &linger);
 }
 
-/// Turns on TCP keepalive with `idle_secs` of silence before the first probe (0: leave off).
-pub fn set_keepalive(stream: &TcpStream, idle_secs: u32) {
+/// TCP keepalive with `idle_secs` of silence before the first probe (0: off).
+pub fn set_keepalive(socket: &impl AsFd, idle_secs: u32) {
+    let fd = socket.as_fd();
+    let _ = socket::setsockopt(&fd, sockopt::KeepAlive, &(idle_secs > 0));
     if idle_secs == 0 {
         return;
     }
-    let fd = stream.as_fd();
-    let _ = socket::setsockopt(&fd, sockopt::KeepAlive, &true);
     let _ = socket::setsockopt(&fd, sockopt::TcpKeepIdle, &idle_secs);
     let _ = socket::setsockopt(&fd, sockopt::TcpKeepInterval, &idle_secs.clamp(1, 10));
     let _ = socket::setsockopt(&fd, sockopt::TcpKeepCount, &5);
+}
+
+/// Sets on a listening socket the options every socket it accepts inherits on Linux
+/// (TCP_NODELAY and keepalive), so a new connection costs no setsockopt of its own.
+pub fn set_accepted_options(listener: &TcpListener, keepalive_secs: u32) -> io::Result<()> {
+    socket::setsockopt(&listener.as_fd(), sockopt::TcpNoDelay, &true)?;
+    set_keepalive(listener, keepalive_secs);
+    Ok(())
+}
+
+/// Stack kept below [`trim_stack`]'s own frame: the call into `madvise` still pushes its
+/// return address there (and x86-64 has a 128-byte red zone), so those bytes must survive.
+const STACK_KEPT_BELOW: usize = 1024;
+
+thread_local! {
+    /// Lowest address of this thread's stack, looked up once per thread.
+    static STACK_LOW: usize = stack_low().unwrap_or(usize::MAX);
+}
+
+/// Gives the kernel back the stack pages below the caller's frame: a handshake touches
+/// tens of KiB of stack that an idle connection never needs again, and a thread per
+/// connection would otherwise hold them until it ends. They are private anonymous pages,
+/// so a later deep call simply gets fresh zeroed ones.
+#[inline(never)]
+pub fn trim_stack() {
+    let marker = 0u8;
+    let frame = std::hint::black_box(&marker) as *const u8 as usize;
+    let page = page_size();
+    let start = STACK_LOW.with(|low| *low).saturating_add(page - 1) & !(page - 1);
+    let end = frame.saturating_sub(STACK_KEPT_BELOW) & !(page - 1);
+    if end > start {
+        // SAFETY: [start, end) lies in this thread's own stack mapping, below the current
+        // frame and its margin, so nothing live is stored there.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
+fn stack_low() -> Option<usize> {
+    // SAFETY: pthread_getattr_np fills `attr` for the calling thread, which is then read
+    // and destroyed here only.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
+            return None;
+        }
+        let (mut addr, mut size) = (std::ptr::null_mut(), 0);
+        let rc = libc::pthread_attr_getstack(&attr, &mut addr, &mut size);
+        libc::pthread_attr_destroy(&mut attr);
+        (rc == 0).then_some(addr as usize)
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
 }
 
 /// Bytes written to `stream` that the peer has not acknowledged yet (SIOCOUTQ).
