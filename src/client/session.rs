@@ -3,7 +3,6 @@
 //! when the user is done, then the server's, for at most --close-timeout of silence.
 
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::SslStream;
@@ -11,9 +10,10 @@ use openssl::ssl::SslStream;
 use super::closing::LastLine;
 use super::console::Console;
 use super::Interrupt;
-use crate::close::{classify, Interest, TlsEnd, TlsStatus};
+use crate::close::{TlsEnd, TlsStatus};
 use crate::error::describe_io;
 use crate::sys::PollSet;
+use crate::tls_side::TlsSide;
 
 /// Plaintext read from the server at once: one full TLS record.
 const READ_SIZE: usize = 16 * 1024;
@@ -53,7 +53,7 @@ pub struct Outcome {
 }
 
 pub struct Session<'a> {
-    tls: SslStream<TcpStream>,
+    tls: TlsSide,
     console: &'a mut Console,
     interrupt: &'a Interrupt,
     close_timeout: Duration,
@@ -63,9 +63,6 @@ pub struct Session<'a> {
     /// Stop now: no more waiting for anything.
     abort: bool,
     close_notify_sent: bool,
-    /// An `ssl_write` returned WANT_*: the same bytes must be offered again, first.
-    write_in_progress: bool,
-    blocked: Interest,
     /// When the closure gives up; pushed back by every byte that moves.
     deadline: Option<Instant>,
     last_line: LastLine,
@@ -80,7 +77,7 @@ impl<'a> Session<'a> {
         close_timeout: Duration,
     ) -> Self {
         Session {
-            tls,
+            tls: TlsSide::new(tls),
             console,
             interrupt,
             close_timeout,
@@ -89,8 +86,6 @@ impl<'a> Session<'a> {
             requested: None,
             abort: false,
             close_notify_sent: false,
-            write_in_progress: false,
-            blocked: Interest::default(),
             deadline: None,
             last_line: LastLine::default(),
             started: Instant::now(),
@@ -119,7 +114,6 @@ impl<'a> Session<'a> {
     /// Every non-blocking step that can make progress, until none does.
     fn pump(&mut self) {
         loop {
-            self.blocked = Interest::default();
             let mut progress = self.read_server();
             progress |= self.write_server();
             progress |= self.close_notify_if_due();
@@ -132,24 +126,19 @@ impl<'a> Session<'a> {
     // ---- server → stdout ----
 
     fn read_server(&mut self) -> bool {
-        if self.server_end.is_some() {
+        if self.server_end.is_some() || !self.tls.may_read() {
             return false;
         }
-        match self.tls.ssl_read(&mut self.inbox) {
+        match self.tls.read(&mut self.inbox) {
             Ok(n) => {
                 self.show(n);
                 true
             }
-            Err(err) => match classify(&err) {
-                TlsStatus::Blocked(want) => {
-                    self.blocked.on(want);
-                    false
-                }
-                TlsStatus::Ended(end) => {
-                    self.server_ended(end);
-                    true
-                }
-            },
+            Err(TlsStatus::Blocked(_)) => false,
+            Err(TlsStatus::Ended(end)) => {
+                self.server_ended(end);
+                true
+            }
         }
     }
 
@@ -183,21 +172,20 @@ impl<'a> Session<'a> {
         let may_write = match self.server_end {
             None => true,
             // A started write is finished before our close_notify queues behind it.
-            Some(End::Clean) => self.write_in_progress,
+            Some(End::Clean) => self.tls.write_in_progress(),
             Some(_) => false,
         };
-        if !may_write || self.close_notify_sent || self.console.outgoing.is_empty() {
+        if !may_write || !self.tls.may_write() || self.close_notify_sent || self.console.outgoing.is_empty() {
             return false;
         }
-        match self.tls.ssl_write(self.console.outgoing.pending()) {
+        match self.tls.write(self.console.outgoing.pending()) {
             Ok(n) => {
-                self.write_in_progress = false;
                 self.console.outgoing.consume(n);
                 self.console.outgoing.release();
                 self.touch();
                 true
             }
-            Err(err) => self.tls_call_failed(&err, true),
+            Err(status) => self.tls_call_failed(status),
         }
     }
 
@@ -228,7 +216,7 @@ impl<'a> Session<'a> {
     }
 
     fn close_notify_if_due(&mut self) -> bool {
-        if self.close_notify_sent || self.write_in_progress {
+        if self.close_notify_sent || self.tls.write_in_progress() || !self.tls.may_write() {
             return false;
         }
         let due = match self.server_end {
@@ -240,23 +228,19 @@ impl<'a> Session<'a> {
     }
 
     fn send_close_notify(&mut self) -> bool {
-        match self.tls.shutdown() {
-            Ok(_) => {
+        match self.tls.close_notify() {
+            Ok(()) => {
                 self.close_notify_sent = true;
                 true
             }
-            Err(err) => self.tls_call_failed(&err, false),
+            Err(status) => self.tls_call_failed(status),
         }
     }
 
-    /// Handles a failed `ssl_write` (`writing`) or `shutdown`; returns whether anything changed.
-    fn tls_call_failed(&mut self, err: &openssl::ssl::Error, writing: bool) -> bool {
-        match classify(err) {
-            TlsStatus::Blocked(want) => {
-                self.write_in_progress |= writing;
-                self.blocked.on(want);
-                false
-            }
+    /// Handles a failed write or close_notify; returns whether anything changed.
+    fn tls_call_failed(&mut self, status: TlsStatus) -> bool {
+        match status {
+            TlsStatus::Blocked(_) => false,
             TlsStatus::Ended(end) => {
                 if self.server_end.is_none() {
                     self.server_ended(match end {
@@ -289,8 +273,8 @@ impl<'a> Session<'a> {
         if !out_of_time {
             return None;
         }
-        if !self.close_notify_sent && !self.write_in_progress {
-            let _ = self.tls.shutdown(); // one try without waiting: time is up
+        if !self.close_notify_sent && !self.tls.write_in_progress() {
+            let _ = self.tls.close_notify(); // one try without waiting: time is up
         }
         Some(end)
     }
@@ -298,7 +282,7 @@ impl<'a> Session<'a> {
     /// Sleeps in poll(2) until the socket, stdin, Ctrl-C or the closure's deadline needs us.
     fn wait(&mut self) {
         let mut set = PollSet::new();
-        set.add(self.tls.get_ref().as_raw_fd(), self.blocked.read, self.blocked.write);
+        let tls_slot = self.tls.poll_on(&mut set);
         let stdin = match self.console.stdin_fd() {
             Some(fd) if self.takes_stdin() => set.add(fd, true, false),
             _ => None,
@@ -313,6 +297,7 @@ impl<'a> Session<'a> {
             self.server_ended(TlsEnd::Reset(format!("poll failed: {}", describe_io(&err))));
             return;
         }
+        self.tls.woken(&set, tls_slot);
         if set.ready(fast) {
             self.abort = true;
         } else if set.ready(stop) {
