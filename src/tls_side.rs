@@ -127,6 +127,12 @@ impl TlsSide {
         set.add(self.socket().as_raw_fd(), interest.read, interest.write)
     }
 
+    /// Lets every blocked call be tried again, whatever poll reported.
+    pub fn forget_waits(&mut self) {
+        self.read_waits = None;
+        self.write_waits = None;
+    }
+
     /// After poll: the calls whose awaited readiness came may be tried again.
     pub fn woken(&mut self, set: &PollSet, slot: Slot) {
         let (readable, writable) = (set.readable(slot), set.writable(slot));

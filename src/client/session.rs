@@ -114,6 +114,10 @@ impl<'a> Session<'a> {
     /// Every non-blocking step that can make progress, until none does.
     fn pump(&mut self) {
         loop {
+            // Unlike the relay, every call is tried each round: as a TLS 1.2 client we may be
+            // asked to renegotiate, and then a read can consume the input a blocked write waits
+            // for, which poll would never report. One interactive connection can afford it.
+            self.tls.forget_waits();
             let mut progress = self.read_server();
             progress |= self.write_server();
             progress |= self.close_notify_if_due();
