@@ -1,6 +1,5 @@
-//! The TLS side of one connection: a non-blocking `SslStream`, what its blocked calls wait
-//! for, and the plaintext it carried. The forward pump, the hub session and `connect` all
-//! drive their TLS peer through it, so the WANT_READ/WANT_WRITE rules of DESIGN §3 live here once.
+//! The TLS side of a connection: its non-blocking `SslStream`, what its blocked calls wait for
+//! and the bytes it carried, so the relay, the hub and `connect` share the WANT_* rules of DESIGN §3.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -77,8 +76,8 @@ impl TlsSide {
     /// for a read.
     pub fn read_appending(&mut self, buf: &mut Vec<u8>) -> Result<usize, TlsStatus> {
         let len = buf.len();
-        let n = self.stream.ssl_read_uninit(buf.spare_capacity_mut());
-        let n = self.count_read(n)?;
+        let result = self.stream.ssl_read_uninit(buf.spare_capacity_mut());
+        let n = self.count_read(result)?;
         // SAFETY: `ssl_read_uninit` initialised the first `n` bytes of the spare capacity.
         unsafe { buf.set_len(len + n) };
         Ok(n)
