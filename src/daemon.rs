@@ -16,7 +16,8 @@ use crate::cli::ServeArgs;
 use crate::error::{describe_io, Error};
 use crate::listener::{self, PerIp, Shared};
 use crate::stop::Shutdown;
-use crate::supervisor::{self, Control, Supervisor};
+use crate::supervisor::{self, Connections, Control, Supervisor, Tally};
+use crate::thread_cache::{self, ThreadCache};
 use crate::worker::Settings;
 use crate::{hub, malloc, sys, tls, upgrade};
 
@@ -53,12 +54,18 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
 
     let settings = Arc::new(settings(&args, acceptor)?);
     let control = control(&args, &settings, &listeners, exe);
+    let connections = Connections {
+        active: Arc::new(AtomicUsize::new(0)),
+        tally: Arc::new(Tally::default()),
+        threads: Arc::new(ThreadCache::new(events_tx.clone())),
+    };
     let shared = Arc::new(Shared {
         settings,
         shutdown: shutdown.clone(),
-        events: events_tx.clone(),
+        threads: connections.threads.clone(),
+        tally: connections.tally.clone(),
         next_id: AtomicU64::new(1),
-        active: Arc::new(AtomicUsize::new(0)),
+        active: connections.active.clone(),
         max_clients,
         per_ip: (args.max_clients_per_ip > 0).then(|| Arc::new(PerIp::new(args.max_clients_per_ip))),
     });
@@ -68,7 +75,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     }
     let handles = start_listeners(listeners, &shared)?;
     drop(shared);
-    let supervisor = Supervisor::new((events_tx, events_rx), shutdown, handles, control);
+    let supervisor = Supervisor::new((events_tx, events_rx), shutdown, handles, connections, control);
     let handed_over =
         thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.run())?.join();
 
@@ -157,7 +164,8 @@ fn bind_all(args: &ServeArgs) -> Result<Vec<TcpListener>, Error> {
 fn capacity_checked(requested: usize) -> usize {
     let fds = sys::raise_fd_limit();
     let by_fds = fds.saturating_sub(RESERVED_FDS) / 2;
-    let by_threads = sys::thread_budget().saturating_sub(16);
+    // Beside one thread a client: the daemon's own and the parked ones.
+    let by_threads = sys::thread_budget().saturating_sub(16 + thread_cache::MAX_PARKED as u64);
     let capacity = by_fds.min(by_threads).max(1) as usize;
     if requested > capacity {
         warn!(

@@ -1,5 +1,6 @@
-//! Listener threads: accept with backoff and the connection cap, spawn one worker per client.
-//! No TLS happens here, so a silent client can never stall accepting.
+//! Listener threads: accept with backoff and the connection cap, hand each client to a
+//! worker thread of its own. No TLS happens here, so a silent client can never stall
+//! accepting.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,18 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use log::{info, warn};
 
 use crate::error::describe_io;
 use crate::stop::Shutdown;
-use crate::supervisor::Event;
+use crate::supervisor::Tally;
 use crate::sys::{self, PollSet};
+use crate::thread_cache::{Job, ThreadCache};
 use crate::worker::{self, Settings};
-
-/// Stack for each worker thread: the whole test suite (ECDSA and RSA handshakes, client
-/// certificates, the hub's 16 KiB read chunk) runs with it, and only touched pages cost memory.
-const WORKER_STACK: usize = 128 * 1024;
 
 /// How long accepting pauses after EMFILE and its kin, so a full table cannot make us spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -30,7 +27,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Shared {
     pub settings: Arc<Settings>,
     pub shutdown: Arc<Shutdown>,
-    pub events: Sender<Event>,
+    pub threads: Arc<ThreadCache>,
+    pub tally: Arc<Tally>,
     pub next_id: AtomicU64,
     pub active: Arc<AtomicUsize>,
     pub max_clients: usize,
@@ -153,20 +151,16 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     info!("conn {id} from {peer} accepted");
-    let (settings, shutdown, events) =
-        (shared.settings.clone(), shared.shutdown.clone(), shared.events.clone());
-    let spawned =
-        thread::Builder::new().name(format!("conn-{id}")).stack_size(WORKER_STACK).spawn(move || {
-            let _guard = guard;
-            worker::run(id, tcp, peer, reserved, &settings, &shutdown, &events);
-        });
-    match spawned {
-        Ok(handle) => {
-            let _ = shared.events.send(Event::WorkerStarted { id, handle });
-            Pace::GoOn
-        }
+    let (settings, shutdown, tally) =
+        (shared.settings.clone(), shared.shutdown.clone(), shared.tally.clone());
+    let work = Box::new(move || {
+        let _guard = guard;
+        worker::run(id, tcp, peer, reserved, &settings, &shutdown, &tally);
+    });
+    match shared.threads.run(Job { name: format!("conn-{id}"), work }) {
+        Ok(()) => Pace::GoOn,
         Err(err) => {
-            // The closure (and with it the socket and the guard) was dropped by the failed spawn.
+            // The job (and with it the socket and the guard) was dropped.
             logs.no_thread.note(err);
             Pace::BackOff
         }

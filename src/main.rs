@@ -18,6 +18,7 @@ mod session;
 mod stop;
 mod supervisor;
 mod sys;
+mod thread_cache;
 mod tls;
 mod tls_side;
 mod upgrade;

@@ -3,8 +3,9 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -12,6 +13,7 @@ use log::{info, warn};
 
 use crate::close::CloseKind;
 use crate::stop::Shutdown;
+use crate::thread_cache::ThreadCache;
 use crate::upgrade;
 
 /// What the supervisor hears about, from signal handlers, listeners, workers and upgrades.
@@ -26,10 +28,10 @@ pub enum Event {
     UpgradeReady { pid: u32 },
     /// The new process failed, crashed or was late; it has been killed and reaped.
     UpgradeFailed { reason: String },
-    /// A listener spawned a worker; the supervisor keeps its handle to join it.
-    WorkerStarted { id: u64, handle: JoinHandle<()> },
-    /// A worker logged its `closed:` line and is about to return.
-    WorkerFinished { id: u64, kind: CloseKind },
+    /// A worker thread started; the supervisor keeps its handle to join it.
+    ThreadStarted(JoinHandle<()>),
+    /// A worker thread is about to return (its last client is done).
+    ThreadExited(ThreadId),
 }
 
 /// Routes SIGINT (through `ctrlc`) and TERM, HUP, USR1, USR2 (through `signal-hook`) into
@@ -67,31 +69,54 @@ pub struct Control {
     pub drain: Duration,
 }
 
-/// Tallies of the connections that a stop closed, for the summary line.
+/// How every connection has ended so far, by the kinds the `stopped:` line names; counted
+/// by the workers themselves, so a connection costs the supervisor no wake-up.
 #[derive(Default)]
-struct StopTally {
-    clean: u64,
-    no_answer: u64,
-    dropped_in_handshake: u64,
-    other: u64,
+pub struct Tally {
+    clean: AtomicU64,
+    no_answer: AtomicU64,
+    dropped_in_handshake: AtomicU64,
+    other: AtomicU64,
 }
 
-impl StopTally {
-    fn count(&mut self, kind: &CloseKind) {
-        match kind {
-            CloseKind::Clean => self.clean += 1,
-            CloseKind::PeerDidNotAnswer => self.no_answer += 1,
-            CloseKind::DroppedInHandshake => self.dropped_in_handshake += 1,
-            _ => self.other += 1,
-        }
+impl Tally {
+    pub fn count(&self, kind: &CloseKind) {
+        let counter = match kind {
+            CloseKind::Clean => &self.clean,
+            CloseKind::PeerDidNotAnswer => &self.no_answer,
+            CloseKind::DroppedInHandshake => &self.dropped_in_handshake,
+            _ => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn summary(&self) -> String {
-        let total = self.clean + self.no_answer + self.dropped_in_handshake + self.other;
-        format!(
-            "stopped: {total} connections: {} clean, {} peer did not answer, {} dropped in handshake, {} other",
-            self.clean, self.no_answer, self.dropped_in_handshake, self.other
-        )
+    fn snapshot(&self) -> [u64; 4] {
+        [&self.clean, &self.no_answer, &self.dropped_in_handshake, &self.other]
+            .map(|counter| counter.load(Ordering::Relaxed))
+    }
+}
+
+/// The `stopped:` line: the connections that ended between two snapshots.
+fn stop_summary(before: [u64; 4], after: [u64; 4]) -> String {
+    let [clean, no_answer, dropped, other] = [0, 1, 2, 3].map(|i| after[i] - before[i]);
+    let total = clean + no_answer + dropped + other;
+    format!(
+        "stopped: {total} connections: {clean} clean, {no_answer} peer did not answer, \
+         {dropped} dropped in handshake, {other} other"
+    )
+}
+
+/// What the supervisor sees of the connections: how many are open, how they ended, and
+/// the cache of threads that serve them.
+pub struct Connections {
+    pub active: Arc<AtomicUsize>,
+    pub tally: Arc<Tally>,
+    pub threads: Arc<ThreadCache>,
+}
+
+impl Connections {
+    fn open(&self) -> usize {
+        self.active.load(Ordering::Acquire)
     }
 }
 
@@ -99,11 +124,13 @@ pub struct Supervisor {
     events: Receiver<Event>,
     shutdown: Arc<Shutdown>,
     listeners: Vec<JoinHandle<()>>,
-    workers: HashMap<u64, JoinHandle<()>>,
-    /// Workers whose Finished overtook their Started in the channel.
-    finished_early: HashSet<u64>,
+    connections: Connections,
+    threads: HashMap<ThreadId, JoinHandle<()>>,
+    /// Threads whose Exited overtook their Started in the channel.
+    exited_early: HashSet<ThreadId>,
     stopping: bool,
-    tally: StopTally,
+    /// The tally when the stop began, for the `stopped:` line.
+    tally_at_stop: [u64; 4],
     control: Control,
     events_tx: Sender<Event>,
     upgrading: bool,
@@ -118,6 +145,7 @@ impl Supervisor {
         (events_tx, events): (Sender<Event>, Receiver<Event>),
         shutdown: Arc<Shutdown>,
         listeners: Vec<JoinHandle<()>>,
+        connections: Connections,
         control: Control,
     ) -> Self {
         Supervisor {
@@ -129,10 +157,11 @@ impl Supervisor {
             events,
             shutdown,
             listeners,
-            workers: HashMap::new(),
-            finished_early: HashSet::new(),
+            connections,
+            threads: HashMap::new(),
+            exited_early: HashSet::new(),
             stopping: false,
-            tally: StopTally::default(),
+            tally_at_stop: [0; 4],
         }
     }
 
@@ -142,18 +171,20 @@ impl Supervisor {
         while !self.stopping {
             self.handle_next();
         }
-        // Listeners exit on the stop beacon; after they are joined no worker can start.
+        // Listeners exit on the stop beacon; after they are joined no client can come, and
+        // closing the cache sends its parked threads away.
         for listener in std::mem::take(&mut self.listeners) {
             let _ = listener.join();
         }
-        // Every WorkerStarted is queued by now: take them all before trusting `workers`.
+        self.connections.threads.close();
+        // Every ThreadStarted is queued by now: take them all before trusting `threads`.
         while let Ok(event) = self.events.try_recv() {
             self.handle(event);
         }
-        while !self.workers.is_empty() {
+        while !self.threads.is_empty() {
             self.handle_next();
         }
-        info!("{}", self.tally.summary());
+        info!("{}", stop_summary(self.tally_at_stop, self.connections.tally.snapshot()));
         self.handed_over
     }
 
@@ -182,26 +213,22 @@ impl Supervisor {
             Event::UpgradeRequested => self.on_upgrade_requested(),
             Event::UpgradeReady { pid } => self.on_upgrade_ready(pid),
             Event::UpgradeFailed { reason } => self.on_upgrade_failed(&reason),
-            Event::WorkerStarted { id, handle } => {
-                if self.finished_early.remove(&id) {
+            Event::ThreadStarted(handle) => {
+                let thread = handle.thread().id();
+                if self.exited_early.remove(&thread) {
                     let _ = handle.join();
                 } else {
-                    self.workers.insert(id, handle);
+                    self.threads.insert(thread, handle);
                 }
             }
-            Event::WorkerFinished { id, kind } => {
-                if self.stopping {
-                    self.tally.count(&kind);
+            Event::ThreadExited(thread) => match self.threads.remove(&thread) {
+                Some(handle) => {
+                    let _ = handle.join();
                 }
-                match self.workers.remove(&id) {
-                    Some(handle) => {
-                        let _ = handle.join();
-                    }
-                    None => {
-                        self.finished_early.insert(id);
-                    }
+                None => {
+                    self.exited_early.insert(thread);
                 }
-            }
+            },
         }
     }
 
@@ -219,7 +246,7 @@ impl Supervisor {
         self.upgrading = false;
         info!(
             "upgrade: pid {pid} is serving; closing our {} connections after {:.1} s",
-            self.workers.len(),
+            self.connections.open(),
             self.control.drain.as_secs_f64()
         );
         self.shutdown.accepting.light();
@@ -235,7 +262,7 @@ impl Supervisor {
     fn end_drain(&mut self) {
         self.drain_until = None;
         if !self.stopping {
-            self.stopping = true;
+            self.begin_stop();
             self.shutdown.close_for_upgrade();
         }
     }
@@ -248,11 +275,16 @@ impl Supervisor {
         }
     }
 
+    fn begin_stop(&mut self) {
+        self.stopping = true;
+        self.tally_at_stop = self.connections.tally.snapshot();
+    }
+
     fn on_stop_requested(&mut self, signal: &str) {
         self.drain_until = None;
         if !self.stopping {
-            info!("{signal}: stopping; closing {} connections cleanly", self.workers.len());
-            self.stopping = true;
+            info!("{signal}: stopping; closing {} connections cleanly", self.connections.open());
+            self.begin_stop();
             self.shutdown.stop();
         } else {
             info!("{signal} again: fast stop");
@@ -266,8 +298,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn summary_counts_each_kind() {
-        let mut tally = StopTally::default();
+    fn summary_counts_each_kind_since_the_stop_began() {
+        let tally = Tally::default();
+        tally.count(&CloseKind::Clean);
+        let before = tally.snapshot();
         for kind in [
             CloseKind::Clean,
             CloseKind::Clean,
@@ -278,7 +312,7 @@ mod tests {
             tally.count(&kind);
         }
         assert_eq!(
-            tally.summary(),
+            stop_summary(before, tally.snapshot()),
             "stopped: 5 connections: 2 clean, 1 peer did not answer, 1 dropped in handshake, 1 other"
         );
     }

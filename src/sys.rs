@@ -258,6 +258,14 @@ fn page_size() -> usize {
     }
 }
 
+/// Renames the calling thread, as `top -H` and `ps -L` show it (Linux keeps 15 bytes).
+pub fn set_thread_name(name: &str) {
+    let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+    bytes.push(0);
+    // SAFETY: `bytes` is NUL-terminated, at most 16 bytes, and outlives the call.
+    unsafe { libc::pthread_setname_np(libc::pthread_self(), bytes.as_ptr().cast()) };
+}
+
 /// Bytes written to `stream` that the peer has not acknowledged yet (SIOCOUTQ).
 pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
     let mut queued: libc::c_int = 0;

@@ -19,7 +19,7 @@ use crate::outbox::Outbox;
 use crate::pump::Relay;
 use crate::session::Session;
 use crate::stop::Shutdown;
-use crate::supervisor::Event;
+use crate::supervisor::Tally;
 use crate::sys::{self, Wake};
 use crate::tls;
 
@@ -62,7 +62,7 @@ pub fn run(
     reserved: Reserved,
     settings: &Settings,
     shutdown: &Shutdown,
-    events: &Sender<Event>,
+    tally: &Tally,
 ) {
     let started = Instant::now();
     let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown);
@@ -70,7 +70,7 @@ pub fn run(
         "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let _ = events.send(Event::WorkerFinished { id, kind });
+    tally.count(&kind);
 }
 
 fn serve(
