@@ -19,6 +19,7 @@ mod stop;
 mod supervisor;
 mod sys;
 mod thread_cache;
+mod thread_memory;
 mod tls;
 mod tls_side;
 mod upgrade;

@@ -15,6 +15,7 @@ use crate::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
+use crate::thread_memory;
 use crate::tls_side::TlsSide;
 use crate::worker::Settings;
 
@@ -73,6 +74,7 @@ pub struct Relay<'a> {
     blocked: Blocked,
     closing: Option<Closing>,
     last_activity: Instant,
+    handshake_memory: thread_memory::Release,
     /// The client's plaintext totals, for the `closed:` line once [`Relay::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -106,6 +108,7 @@ impl<'a> Relay<'a> {
             blocked: Blocked::default(),
             closing: None,
             last_activity: Instant::now(),
+            handshake_memory: thread_memory::Release::after_handshake(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -469,6 +472,7 @@ impl<'a> Relay<'a> {
             if self.closing.is_none() { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
+        self.handshake_memory.run_if_due();
 
         self.tls.woken(&set, client_slot);
         if set.readable(upstream_slot) {
@@ -517,6 +521,9 @@ impl<'a> Relay<'a> {
         }
         if self.blocked.upstream_send_queue {
             consider(Instant::now() + SEND_QUEUE_TICK);
+        }
+        if let Some(at) = self.handshake_memory.deadline() {
+            consider(at);
         }
         next
     }

@@ -16,6 +16,7 @@ use crate::lines::{Framed, LineFramer};
 use crate::outbox::{Outbox, TOO_SLOW_AFTER};
 use crate::stop::{CloseReason, Shutdown};
 use crate::sys::{self, PollSet};
+use crate::thread_memory;
 use crate::tls_side::TlsSide;
 use crate::worker::Settings;
 
@@ -74,6 +75,7 @@ pub struct Session<'a> {
     close_notify_sent: bool,
     deadline: Option<Instant>,
     last_activity: Instant,
+    handshake_memory: thread_memory::Release,
     /// The client's plaintext totals, for the `closed:` line once [`Session::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -104,6 +106,7 @@ impl<'a> Session<'a> {
             close_notify_sent: false,
             deadline: None,
             last_activity: Instant::now(),
+            handshake_memory: thread_memory::Release::after_handshake(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -328,6 +331,7 @@ impl<'a> Session<'a> {
         let stop_slot = if open { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
+        self.handshake_memory.run_if_due();
 
         self.tls.woken(&set, tls_slot);
         if set.ready(outbox_slot) {
@@ -365,9 +369,6 @@ impl<'a> Session<'a> {
         let idle =
             (!self.settings.idle_timeout.is_zero()).then(|| self.last_activity + self.settings.idle_timeout);
         let slow = self.outbox.full_since().map(|since| since + TOO_SLOW_AFTER);
-        match (idle, slow) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [idle, slow, self.handshake_memory.deadline()].into_iter().flatten().min()
     }
 }

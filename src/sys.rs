@@ -356,3 +356,48 @@ pub fn send_signal(pid: i32, signal: nix::sys::signal::Signal) -> io::Result<()>
 pub fn is_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resident pages of this thread's stack between its lowest address and `below`.
+    fn resident_stack_pages(below: usize) -> usize {
+        let page = page_size();
+        let start = STACK_LOW.with(|low| *low).saturating_add(page - 1) & !(page - 1);
+        let end = below & !(page - 1);
+        let mut vec = vec![0u8; (end - start) / page];
+        // SAFETY: [start, end) is inside this thread's stack mapping; `vec` has a byte a page.
+        let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[inline(never)]
+    fn touch_stack(kib: usize) {
+        let mut chunk = [0u8; 1024];
+        std::hint::black_box(&mut chunk);
+        if kib > 1 {
+            touch_stack(kib - 1);
+        }
+    }
+
+    #[test]
+    fn trim_stack_gives_back_the_pages_below_the_frame() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                touch_stack(96);
+                let marker = 0u8;
+                let frame = std::hint::black_box(&marker) as *const u8 as usize;
+                let before = resident_stack_pages(frame - 16 * 1024);
+                assert!(before >= 16, "the deep calls touched the stack: {before} pages");
+                trim_stack();
+                let after = resident_stack_pages(frame - 16 * 1024);
+                assert_eq!(after, 0, "{before} resident pages before the trim");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

@@ -16,12 +16,12 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::supervisor::Event;
-use crate::{sys, tls};
+use crate::{sys, thread_memory};
 
 /// Threads kept waiting for a client at most; past it a finished worker exits.
 pub const MAX_PARKED: usize = 32;
 
-/// How long a parked thread waits for a client before it exits.
+/// How long a parked thread waits for a client before it exits (after [`thread_memory::SETTLE`]).
 const PARK_LIMIT: Duration = Duration::from_secs(5);
 
 /// Stack for each worker thread: the whole test suite (ECDSA and RSA handshakes, client
@@ -95,12 +95,13 @@ impl ThreadCache {
             self.parked.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        // A parked thread holds no more than an idle connection does.
-        tls::release_thread_state();
-        sys::trim_stack();
         sys::set_thread_name("parked");
-        let job = self.parked_on.recv_timeout(PARK_LIMIT).ok();
+        let job = self.parked_on.recv_timeout(thread_memory::SETTLE).or_else(|_| {
+            // Not needed at once: hold no more than an idle connection does.
+            thread_memory::release();
+            self.parked_on.recv_timeout(PARK_LIMIT)
+        });
         self.parked.fetch_sub(1, Ordering::AcqRel);
-        job
+        job.ok()
     }
 }

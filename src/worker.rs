@@ -21,7 +21,6 @@ use crate::session::Session;
 use crate::stop::Shutdown;
 use crate::supervisor::Tally;
 use crate::sys::{self, Wake};
-use crate::tls;
 
 /// What every worker needs to know, fixed at start.
 pub struct Settings {
@@ -97,7 +96,6 @@ fn serve(
         }
     };
     log_established(id, &tls);
-    shed_handshake_memory();
 
     match reserved {
         Reserved::Outbox(outbox) => serve_hub(id, tls, outbox, settings, shutdown),
@@ -139,13 +137,6 @@ fn serve_hub(
     let mut session = Session::new(id, tls, outbox, settings, shutdown, hub);
     let kind = session.run();
     (kind, session.bytes_in, session.bytes_out)
-}
-
-/// An established connection may idle for hours on this thread: give back the memory that
-/// only its handshake needed (BENCH.md, M5, says what each step saves).
-fn shed_handshake_memory() {
-    tls::release_thread_state();
-    sys::trim_stack();
 }
 
 /// Runs the server handshake on the non-blocking socket, bounded by --handshake-timeout;
