@@ -1,9 +1,13 @@
 //! A bounded relay buffer that holds memory only while bytes are in flight.
 
+use std::mem::MaybeUninit;
+
 /// Bytes read from one side and not yet written to the other. Its allocation is taken
-/// when a read starts and given back once drained, so an idle connection holds none.
+/// when a read starts and given back once drained, so an idle connection holds none. It is
+/// never zeroed: reads write into it directly, and only the bytes they report are used.
 pub struct Buffer {
-    data: Option<Box<[u8]>>,
+    /// Initialised in `start..end`, the bytes reads reported.
+    data: Option<Box<[MaybeUninit<u8>]>>,
     start: usize,
     end: usize,
     capacity: usize,
@@ -21,20 +25,22 @@ impl Buffer {
     /// The bytes waiting to be written.
     pub fn pending(&self) -> &[u8] {
         match &self.data {
-            Some(data) => &data[self.start..self.end],
+            // SAFETY: `start..end` only ever covers bytes a read wrote (see `filled`).
+            Some(data) => unsafe { data[self.start..self.end].assume_init_ref() },
             None => &[],
         }
     }
 
-    /// Space after the pending bytes to read into (all of it when empty).
-    pub fn space(&mut self) -> &mut [u8] {
+    /// Space after the pending bytes to read into (all of it when empty); whoever writes
+    /// there reports how much with [`Buffer::filled`].
+    pub fn space(&mut self) -> &mut [MaybeUninit<u8>] {
         if self.is_empty() {
             self.start = 0;
             self.end = 0;
         }
         let capacity = self.capacity;
         let end = self.end;
-        &mut self.data.get_or_insert_with(|| vec![0u8; capacity].into_boxed_slice())[end..]
+        &mut self.data.get_or_insert_with(|| Box::new_uninit_slice(capacity))[end..]
     }
 
     /// How many more bytes [`Buffer::space`] can take.
@@ -46,7 +52,13 @@ impl Buffer {
         }
     }
 
-    /// Records that `n` bytes were read into [`Buffer::space`].
+    /// Copies `bytes` into [`Buffer::space`]; they must fit.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.space()[..bytes.len()].write_copy_of_slice(bytes);
+        self.filled(bytes.len());
+    }
+
+    /// Records that the first `n` bytes of [`Buffer::space`] were written.
     pub fn filled(&mut self, n: usize) {
         self.end += n;
         debug_assert!(self.end <= self.capacity);
@@ -81,8 +93,7 @@ mod tests {
     fn holds_memory_only_while_bytes_are_in_flight() {
         let mut buf = Buffer::new(8);
         assert!(buf.data.is_none());
-        buf.space()[..3].copy_from_slice(b"abc");
-        buf.filled(3);
+        buf.push(b"abc");
         assert_eq!(buf.pending(), b"abc");
         buf.release();
         assert!(buf.data.is_some(), "pending bytes keep the allocation");
@@ -97,11 +108,9 @@ mod tests {
     #[test]
     fn reads_append_after_pending_bytes() {
         let mut buf = Buffer::new(8);
-        buf.space()[..3].copy_from_slice(b"abc");
-        buf.filled(3);
+        buf.push(b"abc");
         assert_eq!(buf.room(), 5);
-        buf.space()[..2].copy_from_slice(b"de");
-        buf.filled(2);
+        buf.push(b"de");
         assert_eq!(buf.pending(), b"abcde");
         buf.consume(5);
         assert_eq!(buf.room(), 8, "a drained buffer starts over");
@@ -110,8 +119,7 @@ mod tests {
     #[test]
     fn discard_forgets_pending_bytes() {
         let mut buf = Buffer::new(4);
-        buf.space();
-        buf.filled(4);
+        buf.push(b"abcd");
         buf.discard();
         assert!(buf.is_empty());
         assert_eq!(buf.pending(), b"");

@@ -188,9 +188,10 @@ mod tests {
     use super::*;
 
     fn drain(outbox: &Outbox) -> String {
-        let mut buf = vec![0u8; 65536];
-        let n = outbox.take(&mut buf);
-        String::from_utf8(buf[..n].to_vec()).unwrap()
+        let mut buf = crate::buffer::Buffer::new(65536);
+        let n = outbox.take(buf.space());
+        buf.filled(n);
+        String::from_utf8(buf.pending().to_vec()).unwrap()
     }
 
     fn hub_with(n: u64) -> (Hub, Vec<Arc<Outbox>>) {

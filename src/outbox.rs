@@ -2,6 +2,7 @@
 //! `eventfd` wakes the worker's poll. Nobody ever waits for a slow reader.
 
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -65,11 +66,11 @@ impl Outbox {
     }
 
     /// Moves up to `buf.len()` queued bytes into `buf`; returns how many.
-    pub fn take(&self, buf: &mut [u8]) -> usize {
+    pub fn take(&self, buf: &mut [MaybeUninit<u8>]) -> usize {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let n = buf.len().min(state.bytes.len());
         for (slot, byte) in buf.iter_mut().zip(state.bytes.drain(..n)) {
-            *slot = byte;
+            slot.write(byte);
         }
         if state.bytes.len() <= OUTBOX_LIMIT / 2 {
             state.full_since = None;
@@ -131,15 +132,17 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::Buffer;
 
     #[test]
     fn lines_come_out_in_order_with_newlines() {
         let outbox = Outbox::new().unwrap();
         assert!(outbox.push_line("one"));
         assert!(outbox.push_line("two"));
-        let mut buf = [0u8; 64];
-        let n = outbox.take(&mut buf);
-        assert_eq!(&buf[..n], b"one\ntwo\n");
+        let mut buf = Buffer::new(64);
+        let n = outbox.take(buf.space());
+        buf.filled(n);
+        assert_eq!(buf.pending(), b"one\ntwo\n");
         assert!(outbox.is_empty());
     }
 
@@ -153,8 +156,8 @@ mod tests {
         assert!(outbox.full_since().is_none());
         assert!(!outbox.push_line("one too many"));
         assert!(outbox.full_since().is_some());
-        let mut buf = vec![0u8; OUTBOX_LIMIT / 2 + 1];
-        outbox.take(&mut buf);
+        let mut buf = Buffer::new(OUTBOX_LIMIT / 2 + 1);
+        outbox.take(buf.space());
         assert!(outbox.full_since().is_none(), "draining half clears the mark");
     }
 

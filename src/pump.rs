@@ -1,7 +1,7 @@
 //! The forward-mode pump: one `poll(2)` loop relaying both directions of one connection and
 //! carrying out every closure of DESIGN §3 (half-close, truncation, stop, deadlines).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown as Direction, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -161,7 +161,7 @@ impl<'a> Relay<'a> {
         if self.client_end.is_some() || !self.tls.may_read() || self.to_upstream.room() < TLS_RECORD {
             return false;
         }
-        match self.tls.read(self.to_upstream.space()) {
+        match self.tls.read_uninit(self.to_upstream.space()) {
             Ok(n) => {
                 self.last_activity = Instant::now();
                 // Bytes read once the upstream takes no more are dropped; those read before
@@ -244,7 +244,7 @@ impl<'a> Relay<'a> {
             return false;
         }
         let Some(upstream) = self.upstream.as_mut() else { return false };
-        match upstream.read(self.to_client.space()) {
+        match sys::read_uninit(upstream, self.to_client.space()) {
             Ok(0) => {
                 debug!("conn {} upstream sent FIN", self.id);
                 self.upstream_end = Some(UpstreamEnd::Eof);

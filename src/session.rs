@@ -267,8 +267,7 @@ impl<'a> Session<'a> {
             }
             self.announced = true;
             let line = format!("* closing: {}\n", reason.text());
-            self.to_client.space()[..line.len()].copy_from_slice(line.as_bytes());
-            self.to_client.filled(line.len());
+            self.to_client.push(line.as_bytes());
             return true;
         }
         let n = self.outbox.take(self.to_client.space());

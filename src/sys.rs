@@ -1,6 +1,7 @@
 //! The only file that talks to the OS below std: poll, pipes, socket options, limits.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
@@ -264,6 +265,16 @@ pub fn set_thread_name(name: &str) {
     bytes.push(0);
     // SAFETY: `bytes` is NUL-terminated, at most 16 bytes, and outlives the call.
     unsafe { libc::pthread_setname_np(libc::pthread_self(), bytes.as_ptr().cast()) };
+}
+
+/// `read(2)` into memory that need not be initialised, so relay buffers are never zeroed.
+pub fn read_uninit(source: &impl AsFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`, which we own mutably.
+    let n = unsafe { libc::read(source.as_fd().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Bytes written to `stream` that the peer has not acknowledged yet (SIOCOUTQ).

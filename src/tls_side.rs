@@ -1,6 +1,7 @@
 //! The TLS side of a connection: its non-blocking `SslStream`, what its blocked calls wait for
 //! and the bytes it carried, so the relay, the hub and `connect` share the WANT_* rules of DESIGN §3.
 
+use std::mem::MaybeUninit;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -69,6 +70,12 @@ impl TlsSide {
     /// reports what it waits for.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, TlsStatus> {
         let result = self.stream.ssl_read(buf);
+        self.count_read(result)
+    }
+
+    /// [`TlsSide::read`] into memory that need not be initialised (a relay buffer's space).
+    pub fn read_uninit(&mut self, buf: &mut [MaybeUninit<u8>]) -> Result<usize, TlsStatus> {
+        let result = self.stream.ssl_read_uninit(buf);
         self.count_read(result)
     }
 

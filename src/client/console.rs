@@ -3,11 +3,11 @@
 //! sent, which survive a reconnection.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use crate::buffer::Buffer;
-use crate::sys::PollSet;
+use crate::sys::{self, PollSet};
 
 /// Bytes read from stdin at once: one TLS record's worth.
 const STDIN_CHUNK: usize = 16 * 1024;
@@ -37,7 +37,7 @@ impl Console {
     /// not block); returns true at end of input. Call only with `outgoing` empty.
     pub fn read_stdin(&mut self) -> io::Result<bool> {
         let Some(stdin) = self.stdin.as_mut() else { return Ok(true) };
-        match stdin.read(self.outgoing.space()) {
+        match sys::read_uninit(stdin, self.outgoing.space()) {
             Ok(0) => {
                 self.stdin = None;
                 Ok(true)
