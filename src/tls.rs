@@ -27,6 +27,10 @@ pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
     // Mozilla intermediate's groups; the crate leaves OpenSSL 3's defaults, whose ffdhe8192
     // costs the server ~100 times the CPU of X25519 per handshake a client asks for.
     builder.set_groups_list("X25519:P-256:P-384")?;
+    // One recv(2) takes whatever records have arrived, instead of two per record (header,
+    // then body). Safe here because every worker reads until OpenSSL says WANT_READ before
+    // it sleeps in poll, so records OpenSSL has buffered are never left waiting.
+    builder.set_read_ahead(true);
 
     let chain = read_chain(&args.cert)?;
     let key = read_key(&args.key)?;
