@@ -103,7 +103,7 @@ enum Pace {
 /// Accepts until the queue is empty or a resource runs out.
 fn accept_all(listener: &TcpListener, shared: &Shared, logs: &mut RefusalLogs) -> Pace {
     loop {
-        match listener.accept() {
+        match sys::accept(listener) {
             Ok((tcp, peer)) => {
                 if admit(tcp, peer, shared, logs) == Pace::BackOff {
                     return Pace::BackOff;

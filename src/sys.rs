@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage};
 
 /// A small fixed poll set, rebuilt before every wait; an unneeded fd is simply not added,
 /// because a hung-up socket reports POLLHUP even with no events asked and would spin.
@@ -154,6 +154,40 @@ pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> 
     let backlog = socket::Backlog::new(backlog).unwrap_or(socket::Backlog::MAXCONN);
     socket::listen(&fd, backlog)?;
     Ok(TcpListener::from(fd))
+}
+
+/// `accept4(2)`: the new socket comes non-blocking and close-on-exec in one call.
+pub fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: `storage` and `len` describe a buffer large enough for any socket address.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            flags,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: accept4 filled `len` bytes of `storage` with the peer's address.
+    let addr =
+        unsafe { SockaddrStorage::from_raw((&storage as *const libc::sockaddr_storage).cast(), Some(len)) };
+    let peer = addr.and_then(|addr| match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+        (Some(v4), _) => Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4))),
+        (_, Some(v6)) => Some(SocketAddr::from(std::net::SocketAddrV6::from(*v6))),
+        _ => None,
+    });
+    match peer {
+        Some(peer) => Ok((stream, peer)),
+        None => Err(io::Error::new(io::ErrorKind::InvalidData, "accepted a socket without an IP address")),
+    }
 }
 
 /// Connects without blocking past `deadline` or a lit stop descriptor.

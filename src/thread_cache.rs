@@ -7,13 +7,13 @@
 //! thread_cache_size: a burst leaves at most [`MAX_PARKED`] threads behind, and each one
 //! exits after [`PARK_LIMIT`] without a client.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
 
 use crate::supervisor::Event;
 use crate::{sys, thread_memory};
@@ -35,29 +35,42 @@ pub struct Job {
 }
 
 pub struct ThreadCache {
-    /// Rendezvous channel: a send succeeds only when a parked thread is waiting on it.
-    /// Taken out by [`ThreadCache::close`], which wakes every parked thread to exit.
-    handoff: Mutex<Option<Sender<Job>>>,
-    parked_on: Receiver<Job>,
-    parked: AtomicUsize,
+    parking: Mutex<Parking>,
+    /// Signalled when a job is handed over and when the cache closes.
+    wake: Condvar,
     events: Sender<Event>,
+}
+
+/// The parked threads and what is handed to them. A plain mutex and condition variable:
+/// handing over is one futex wake, with none of a channel's spinning before it sleeps.
+#[derive(Default)]
+struct Parking {
+    /// Threads waiting for a client now.
+    parked: usize,
+    /// Jobs handed to parked threads and not picked up yet; never more than `parked`.
+    handed: VecDeque<Job>,
+    closed: bool,
 }
 
 impl ThreadCache {
     pub fn new(events: Sender<Event>) -> Self {
-        let (handoff, parked_on) = crossbeam_channel::bounded(0);
-        ThreadCache { handoff: Mutex::new(Some(handoff)), parked_on, parked: AtomicUsize::new(0), events }
+        ThreadCache { parking: Mutex::new(Parking::default()), wake: Condvar::new(), events }
     }
 
     /// Runs `job` on a parked thread if one is waiting, or else on a new thread, which is
     /// announced to the supervisor. On error the job (and the client with it) is dropped.
-    pub fn run(self: &std::sync::Arc<Self>, job: Job) -> io::Result<()> {
-        let handoff = self.handoff.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let job = match handoff.map(|handoff| handoff.try_send(job)) {
-            Some(Ok(())) => return Ok(()),
-            Some(Err(TrySendError::Full(job) | TrySendError::Disconnected(job))) => job,
-            None => return Err(io::Error::other("stopping")),
-        };
+    pub fn run(self: &Arc<Self>, job: Job) -> io::Result<()> {
+        let mut parking = self.lock();
+        if parking.closed {
+            return Err(io::Error::other("stopping"));
+        }
+        if parking.parked > parking.handed.len() {
+            parking.handed.push_back(job);
+            drop(parking);
+            self.wake.notify_one();
+            return Ok(());
+        }
+        drop(parking);
         let cache = self.clone();
         let handle = thread::Builder::new()
             .name(job.name.clone())
@@ -69,7 +82,8 @@ impl ThreadCache {
 
     /// No more clients: parked threads exit now, busy ones once their client is done.
     pub fn close(&self) {
-        self.handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.lock().closed = true;
+        self.wake.notify_all();
     }
 
     /// A worker thread's life: its first client, then whoever comes while it is parked.
@@ -89,19 +103,41 @@ impl ThreadCache {
     }
 
     /// Waits for the next client, unless enough threads wait already, the cache is closed,
-    /// or none comes in time.
+    /// or none comes in time. After [`thread_memory::SETTLE`] without one, the thread gives
+    /// back what an idle connection would.
     fn park(&self) -> Option<Job> {
-        if self.parked.fetch_add(1, Ordering::AcqRel) >= MAX_PARKED {
-            self.parked.fetch_sub(1, Ordering::AcqRel);
+        let mut parking = self.lock();
+        if parking.closed || parking.parked >= MAX_PARKED {
             return None;
         }
+        parking.parked += 1;
         sys::set_thread_name("parked");
-        let job = self.parked_on.recv_timeout(thread_memory::SETTLE).or_else(|_| {
-            // Not needed at once: hold no more than an idle connection does.
-            thread_memory::release();
-            self.parked_on.recv_timeout(PARK_LIMIT)
-        });
-        self.parked.fetch_sub(1, Ordering::AcqRel);
-        job.ok()
+        let started = Instant::now();
+        let mut released = false;
+        let job = loop {
+            // A handed job comes first: it was promised to one of the parked threads.
+            if let Some(job) = parking.handed.pop_front() {
+                break Some(job);
+            }
+            let waited = started.elapsed();
+            if parking.closed || waited >= PARK_LIMIT {
+                break None;
+            }
+            if !released && waited >= thread_memory::SETTLE {
+                drop(parking);
+                thread_memory::release();
+                released = true;
+                parking = self.lock();
+                continue;
+            }
+            let until = if released { PARK_LIMIT } else { thread_memory::SETTLE };
+            parking = self.wake.wait_timeout(parking, until - waited).unwrap_or_else(|e| e.into_inner()).0;
+        };
+        parking.parked -= 1;
+        job
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Parking> {
+        self.parking.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

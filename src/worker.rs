@@ -80,11 +80,8 @@ fn serve(
     settings: &Settings,
     shutdown: &Shutdown,
 ) -> (CloseKind, u64, u64) {
-    // TCP_NODELAY and keepalive come from the listening socket (sys::set_accepted_options).
-    if let Err(err) = tcp.set_nonblocking(true) {
-        warn!("conn {id} from {peer}: cannot set up the socket: {}", describe_io(&err));
-        return (CloseKind::ResetByClient, 0, 0);
-    }
+    // The socket comes non-blocking from sys::accept, with TCP_NODELAY and keepalive
+    // inherited from the listening socket (sys::set_accepted_options).
     let tls = match handshake(tcp, settings, shutdown) {
         Ok(tls) => tls,
         Err(kind) => {
