@@ -29,7 +29,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
     // Resolved first: a package upgrade may replace the binary at any moment after start.
     let exe = upgrade::resolve_exe()?;
-    malloc::turn_off_thread_cache(&exe);
+    malloc::shrink_thread_cache(&exe);
     let inherited = upgrade::inherited(args.listen.len())?;
     let acceptor = tls::acceptor(&args)?;
     let max_clients = capacity_checked(args.max_clients);

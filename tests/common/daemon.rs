@@ -18,7 +18,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `serve` with the test certificates plus `args` and waits for `listening on`.
     pub fn start(certs: &Certs, args: &[&str]) -> Daemon {
-        let proc = Proc::spawn("tlsrelay serve", serve_command(certs, args));
+        Daemon::start_command(serve_command(certs, args))
+    }
+
+    /// Starts a prepared [`serve_command`] and waits for `listening on`.
+    pub fn start_command(command: Command) -> Daemon {
+        let proc = Proc::spawn("tlsrelay serve", command);
         // A whole line, up to its newline: the reader may have seen only part of it.
         let ok = proc.wait_until(START_DEADLINE, |o| {
             o.stderr_text().split("listening on ").nth(1).is_some_and(|rest| rest.contains('\n'))
