@@ -21,7 +21,7 @@ use crate::{sys, thread_memory};
 /// Threads kept waiting for a client at most; past it a finished worker exits.
 pub const MAX_PARKED: usize = 32;
 
-/// How long a parked thread waits for a client before it exits (after [`thread_memory::SETTLE`]).
+/// How long a parked thread waits for a client before it exits.
 const PARK_LIMIT: Duration = Duration::from_secs(5);
 
 /// Stack for each worker thread: the whole test suite (ECDSA and RSA handshakes, client
