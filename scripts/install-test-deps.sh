@@ -20,6 +20,7 @@ if [ "${1:-test}" != build ]; then
     need openssl openssl
     need python3 python3
     need prlimit util-linux
+    need setcap libcap2-bin
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then

@@ -29,7 +29,9 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
     // Resolved first: a package upgrade may replace the binary at any moment after start.
     let exe = upgrade::resolve_exe()?;
-    malloc::shrink_thread_cache(&exe);
+    // Before `upgrade::inherited`, which takes the handed-over descriptors out of the
+    // environment and closes them on exec: the re-executed process must find them too.
+    malloc::limit_tcache(&exe);
     let inherited = upgrade::inherited(args.listen.len())?;
     let acceptor = tls::acceptor(&args)?;
     let max_clients = capacity_checked(args.max_clients);

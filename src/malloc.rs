@@ -7,7 +7,9 @@
 //! glibc's 7, 30.3 with 1, 25.0 with none; and per new connection (M4) 1 costs the same as
 //! 7 where none costs ~30 µs more. So 1. The cache can only be sized from the environment
 //! at process start (`GLIBC_TUNABLES`), so `serve` executes itself again, once, with it set.
-//! The pid, the arguments and every inherited descriptor stay the same.
+//! The pid, the arguments and every inherited descriptor stay the same. A binary that runs
+//! in glibc's secure mode (setuid, or file capabilities such as `cap_net_bind_service` to
+//! bind port 443) is left alone: glibc drops the variable there.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -16,15 +18,20 @@ use std::process::Command;
 
 use log::warn;
 
+use crate::sys;
+
 const TUNABLES: &str = "GLIBC_TUNABLES";
 const TCACHE_COUNT: &str = "glibc.malloc.tcache_count";
+/// Set for the re-executed process, so that nothing can make it execute itself again.
+const REEXECUTED: &str = "TLSRELAY_TCACHE_SET";
 
 /// Re-executes `exe` with a one-block tcache unless the environment already sizes it (ours
 /// from the first start, or an operator's own choice, which wins). Returns only when no
 /// re-execution happens.
-pub fn shrink_thread_cache(exe: &Path) {
+pub fn limit_tcache(exe: &Path) {
     let current = std::env::var_os(TUNABLES).unwrap_or_default();
-    if current.to_string_lossy().contains(TCACHE_COUNT) {
+    let sized = current.to_string_lossy().contains(TCACHE_COUNT);
+    if sized || std::env::var_os(REEXECUTED).is_some() || sys::secure_execution() {
         return;
     }
     let mut tunables = current.clone();
@@ -34,7 +41,7 @@ pub fn shrink_thread_cache(exe: &Path) {
     tunables.push(format!("{TCACHE_COUNT}=1"));
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("tlsrelay"));
-    let err = Command::new(exe).arg0(arg0).args(args).env(TUNABLES, tunables).exec();
+    let err = Command::new(exe).arg0(arg0).args(args).env(TUNABLES, tunables).env(REEXECUTED, "1").exec();
     warn!(
         "cannot execute {} again with a smaller per-thread malloc cache: {err}; \
          each idle connection costs about 5 KiB more",

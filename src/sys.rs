@@ -293,6 +293,13 @@ fn page_size() -> usize {
     }
 }
 
+/// Whether this process runs in glibc's secure-execution mode (setuid, setgid or file
+/// capabilities), in which glibc ignores `GLIBC_TUNABLES`.
+pub fn secure_execution() -> bool {
+    // SAFETY: getauxval only reads the auxiliary vector the kernel gave the process.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
 /// Renames the calling thread, as `top -H` and `ps -L` show it (Linux keeps 15 bytes).
 pub fn set_thread_name(name: &str) {
     let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();

@@ -87,3 +87,39 @@ fn accepted_client_sockets_carry_the_keepalive_set_on_the_listener() {
     assert_eq!(keepalive_timer_on(without.port()), Some(false), "--keepalive 0: no timer");
     drop(client);
 }
+
+/// A binary with file capabilities (`setcap cap_net_bind_service=+ep`, the usual way to bind
+/// port 443 without root) runs in glibc's secure mode, which drops GLIBC_TUNABLES: the daemon
+/// must start once and go on, not execute itself again and again.
+#[test]
+fn a_binary_with_file_capabilities_starts_once_as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("skipped: setting file capabilities and switching to nobody needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("tlsrelay");
+    std::fs::copy(env!("CARGO_BIN_EXE_tlsrelay"), &copy).unwrap();
+    let setcap = std::process::Command::new("setcap").arg("cap_net_bind_service=+ep").arg(&copy).status();
+    assert!(setcap.unwrap().success(), "setcap failed");
+
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&copy);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--cert", "/nonexistent/server.crt"]);
+    cmd.args(["--key", "/nonexistent/server.key"]);
+    let mut proc = common::process::Proc::spawn("setpriv tlsrelay", cmd);
+    let status = proc.wait_exit(secs(10.0));
+    let stderr = proc.stderr();
+    let status = status
+        .unwrap_or_else(|| panic!("still running after 10 s (executing itself again?); stderr:\n{stderr}"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/server.crt"), "it reached its own check of the files: {stderr}");
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
