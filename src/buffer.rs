@@ -55,13 +55,18 @@ impl Buffer {
     /// Copies `bytes` into [`Buffer::space`]; they must fit.
     pub fn push(&mut self, bytes: &[u8]) {
         self.space()[..bytes.len()].write_copy_of_slice(bytes);
-        self.filled(bytes.len());
+        // SAFETY: the copy just initialised these bytes.
+        unsafe { self.filled(bytes.len()) };
     }
 
     /// Records that the first `n` bytes of [`Buffer::space`] were written.
-    pub fn filled(&mut self, n: usize) {
+    ///
+    /// # Safety
+    /// Those `n` bytes must have been initialised (a read reported writing them), because
+    /// [`Buffer::pending`] hands them out as `&[u8]`.
+    pub unsafe fn filled(&mut self, n: usize) {
+        assert!(self.end + n <= self.capacity, "filled past the buffer's space");
         self.end += n;
-        debug_assert!(self.end <= self.capacity);
     }
 
     /// Records that `n` pending bytes were written.

@@ -167,7 +167,8 @@ impl<'a> Relay<'a> {
                 // Bytes read once the upstream takes no more are dropped; those read before
                 // still go out ahead of its FIN.
                 if !self.upstream_takes_no_more() {
-                    self.to_upstream.filled(n);
+                    // SAFETY: ssl_read reported writing `n` bytes into the space.
+                    unsafe { self.to_upstream.filled(n) };
                 }
                 true
             }
@@ -251,7 +252,8 @@ impl<'a> Relay<'a> {
                 true
             }
             Ok(n) => {
-                self.to_client.filled(n);
+                // SAFETY: read(2) reported writing `n` bytes into the space.
+                unsafe { self.to_client.filled(n) };
                 self.last_activity = Instant::now();
                 true
             }

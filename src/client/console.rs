@@ -43,7 +43,8 @@ impl Console {
                 Ok(true)
             }
             Ok(n) => {
-                self.outgoing.filled(n);
+                // SAFETY: read(2) reported writing `n` bytes into the space.
+                unsafe { self.outgoing.filled(n) };
                 Ok(false)
             }
             // Someone else made the shared descriptor non-blocking, or a signal came.
