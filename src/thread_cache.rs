@@ -88,6 +88,8 @@ impl ThreadCache {
 
     /// A worker thread's life: its first client, then whoever comes while it is parked.
     fn serve(&self, first: Box<dyn FnOnce() + Send>) {
+        // Announced however the thread ends, a panic included: the supervisor waits for it.
+        let _exit = ExitNotice { events: &self.events };
         let mut work = first;
         loop {
             work();
@@ -99,7 +101,6 @@ impl ThreadCache {
                 None => break,
             }
         }
-        let _ = self.events.send(Event::ThreadExited(thread::current().id()));
     }
 
     /// Waits for the next client, unless enough threads wait already, the cache is closed,
@@ -139,5 +140,16 @@ impl ThreadCache {
 
     fn lock(&self) -> MutexGuard<'_, Parking> {
         self.parking.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Tells the supervisor that this worker thread is ending, when dropped.
+struct ExitNotice<'a> {
+    events: &'a Sender<Event>,
+}
+
+impl Drop for ExitNotice<'_> {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::ThreadExited(thread::current().id()));
     }
 }

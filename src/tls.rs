@@ -28,8 +28,10 @@ pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
     // costs the server ~100 times the CPU of X25519 per handshake a client asks for.
     builder.set_groups_list("X25519:P-256:P-384")?;
     // One recv(2) takes whatever records have arrived, instead of two per record (header,
-    // then body). Safe here because every worker reads until OpenSSL says WANT_READ before
-    // it sleeps in poll, so records OpenSSL has buffered are never left waiting.
+    // then body). Records OpenSSL has read ahead are invisible to poll(2); that is safe here
+    // because a worker polls the client socket for reading only after ssl_read said
+    // WANT_READ (TlsSide), and a read paused by backpressure resumes when there is room, not
+    // when the socket becomes readable (tests/records.rs).
     builder.set_read_ahead(true);
 
     let chain = read_chain(&args.cert)?;
@@ -117,6 +119,13 @@ fn read_key(path: &Path) -> Result<PKey<Private>, Error> {
 extern "C" {
     /// OpenSSL 3 (crypto.h); openssl-sys does not bind it.
     fn OPENSSL_thread_stop();
+}
+
+/// Empties this thread's OpenSSL error queue. A worker thread serves one client after
+/// another, and `SSL_get_error` reads any error still queued as the current call's: one left
+/// by the previous connection would make this one's first WANT_READ look fatal.
+pub fn forget_earlier_errors() {
+    let _ = openssl::error::ErrorStack::get();
 }
 
 /// Frees OpenSSL's per-thread state (its per-thread random generators and error queue,

@@ -225,6 +225,33 @@ mod tests {
         assert_eq!(side.bytes_in(), 5);
     }
 
+    /// A worker calls OPENSSL_thread_stop() (thread_memory::release) on a thread that goes on
+    /// using OpenSSL: the open connection, and the next handshake, must still work.
+    #[test]
+    fn tls_keeps_working_on_a_thread_whose_openssl_state_was_released() {
+        std::thread::spawn(|| {
+            let (mut side, mut peer) = tls_pair();
+            crate::thread_memory::release();
+            peer.write_all(b"after").unwrap();
+            let mut got = Vec::with_capacity(64);
+            retry(&mut side, |side| side.read_appending(&mut got));
+            assert_eq!(got, b"after");
+            retry(&mut side, |side| side.write(b"reply"));
+            let mut buf = [0u8; 5];
+            std::io::Read::read_exact(&mut peer, &mut buf).unwrap();
+            assert_eq!(&buf, b"reply");
+
+            crate::thread_memory::release();
+            let (mut next, mut peer) = tls_pair();
+            peer.write_all(b"next").unwrap();
+            let mut got = Vec::with_capacity(64);
+            retry(&mut next, |side| side.read_appending(&mut got));
+            assert_eq!(got, b"next");
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn reads_append_to_what_the_vec_holds() {
         let (mut side, mut peer) = tls_pair();

@@ -21,6 +21,7 @@ use crate::session::Session;
 use crate::stop::Shutdown;
 use crate::supervisor::Tally;
 use crate::sys::{self, Wake};
+use crate::tls;
 
 /// What every worker needs to know, fixed at start.
 pub struct Settings {
@@ -64,6 +65,7 @@ pub fn run(
     tally: &Tally,
 ) {
     let started = Instant::now();
+    tls::forget_earlier_errors();
     let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown);
     info!(
         "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
