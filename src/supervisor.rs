@@ -90,15 +90,32 @@ impl Tally {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 4] {
-        [&self.clean, &self.no_answer, &self.dropped_in_handshake, &self.other]
-            .map(|counter| counter.load(Ordering::Relaxed))
+    fn snapshot(&self) -> Counts {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Counts {
+            clean: read(&self.clean),
+            no_answer: read(&self.no_answer),
+            dropped_in_handshake: read(&self.dropped_in_handshake),
+            other: read(&self.other),
+        }
     }
 }
 
+/// The tally at one moment.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    clean: u64,
+    no_answer: u64,
+    dropped_in_handshake: u64,
+    other: u64,
+}
+
 /// The `stopped:` line: the connections that ended between two snapshots.
-fn stop_summary(before: [u64; 4], after: [u64; 4]) -> String {
-    let [clean, no_answer, dropped, other] = [0, 1, 2, 3].map(|i| after[i] - before[i]);
+fn stop_summary(before: Counts, after: Counts) -> String {
+    let clean = after.clean - before.clean;
+    let no_answer = after.no_answer - before.no_answer;
+    let dropped = after.dropped_in_handshake - before.dropped_in_handshake;
+    let other = after.other - before.other;
     let total = clean + no_answer + dropped + other;
     format!(
         "stopped: {total} connections: {clean} clean, {no_answer} peer did not answer, \
@@ -130,7 +147,7 @@ pub struct Supervisor {
     exited_early: HashSet<ThreadId>,
     stopping: bool,
     /// The tally when the stop began, for the `stopped:` line.
-    tally_at_stop: [u64; 4],
+    tally_at_stop: Counts,
     control: Control,
     events_tx: Sender<Event>,
     upgrading: bool,
@@ -161,7 +178,7 @@ impl Supervisor {
             threads: HashMap::new(),
             exited_early: HashSet::new(),
             stopping: false,
-            tally_at_stop: [0; 4],
+            tally_at_stop: Counts::default(),
         }
     }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::{sys, tls};
 
-/// How long after its handshake a connection gives the memory back, and how long a parked
-/// thread waits before it does.
+/// How long after its handshake (in forward mode: after its upstream connect) a connection
+/// gives the memory back, and how long a parked thread waits before it does.
 pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Gives the memory back now.
