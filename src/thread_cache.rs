@@ -75,7 +75,7 @@ impl ThreadCache {
         let handle = thread::Builder::new()
             .name(job.name.clone())
             .stack_size(WORKER_STACK)
-            .spawn(move || cache.serve(job.work))?;
+            .spawn(move || cache.worker_life(job.work))?;
         let _ = self.events.send(Event::ThreadStarted(handle));
         Ok(())
     }
@@ -87,7 +87,7 @@ impl ThreadCache {
     }
 
     /// A worker thread's life: its first client, then whoever comes while it is parked.
-    fn serve(&self, first: Box<dyn FnOnce() + Send>) {
+    fn worker_life(&self, first: Box<dyn FnOnce() + Send>) {
         // Announced however the thread ends, a panic included: the supervisor waits for it.
         let _exit = ExitNotice { events: &self.events };
         let mut work = first;
@@ -95,6 +95,8 @@ impl ThreadCache {
             work();
             match self.park() {
                 Some(job) => {
+                    // What `ps -L` and `top -H` show; a panic message still names the
+                    // thread's first client (std keeps the name it was spawned with).
                     sys::set_thread_name(&job.name);
                     work = job.work;
                 }
