@@ -56,18 +56,16 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
 
     let settings = Arc::new(settings(&args, acceptor)?);
     let control = control(&args, &settings, &listeners, exe);
-    let connections = Connections {
+    let connections = Arc::new(Connections {
         active: Arc::new(AtomicUsize::new(0)),
         tally: Arc::new(Tally::default()),
         threads: Arc::new(ThreadCache::new(events_tx.clone())),
-    };
+    });
     let shared = Arc::new(Shared {
         settings,
         shutdown: shutdown.clone(),
-        threads: connections.threads.clone(),
-        tally: connections.tally.clone(),
+        connections: connections.clone(),
         next_id: AtomicU64::new(1),
-        active: connections.active.clone(),
         max_clients,
         per_ip: (args.max_clients_per_ip > 0).then(|| Arc::new(PerIp::new(args.max_clients_per_ip))),
     });

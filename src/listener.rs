@@ -15,9 +15,9 @@ use log::{info, warn};
 
 use crate::error::describe_io;
 use crate::stop::Shutdown;
-use crate::supervisor::Tally;
+use crate::supervisor::Connections;
 use crate::sys::{self, PollSet};
-use crate::thread_cache::{Job, ThreadCache};
+use crate::thread_cache::Job;
 use crate::worker::{self, Settings};
 
 /// How long accepting pauses after EMFILE and its kin, so a full table cannot make us spin.
@@ -27,10 +27,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Shared {
     pub settings: Arc<Settings>,
     pub shutdown: Arc<Shutdown>,
-    pub threads: Arc<ThreadCache>,
-    pub tally: Arc<Tally>,
+    /// How many are open, how they ended, and the threads that serve them.
+    pub connections: Arc<Connections>,
     pub next_id: AtomicU64,
-    pub active: Arc<AtomicUsize>,
     pub max_clients: usize,
     /// Connections per client address, when --max-clients-per-ip is set.
     pub per_ip: Option<Arc<PerIp>>,
@@ -130,7 +129,7 @@ fn is_transient(err: &io::Error) -> bool {
 /// Starts a worker for `tcp`, or closes it at once (before any handshake) when over a cap or
 /// out of descriptors or threads.
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLogs) -> Pace {
-    if shared.active.load(Ordering::Acquire) >= shared.max_clients {
+    if shared.connections.open() >= shared.max_clients {
         logs.over_cap.note("");
         return Pace::GoOn;
     }
@@ -152,12 +151,12 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     info!("conn {id} from {peer} accepted");
     let (settings, shutdown, tally) =
-        (shared.settings.clone(), shared.shutdown.clone(), shared.tally.clone());
+        (shared.settings.clone(), shared.shutdown.clone(), shared.connections.tally.clone());
     let work = Box::new(move || {
         let _guard = guard;
         worker::run(id, tcp, peer, reserved, &settings, &shutdown, &tally);
     });
-    match shared.threads.run(Job { name: format!("conn-{id}"), work }) {
+    match shared.connections.threads.run(Job { name: format!("conn-{id}"), work }) {
         Ok(()) => Pace::GoOn,
         Err(err) => {
             // The job (and with it the socket and the guard) was dropped.
@@ -178,8 +177,9 @@ struct ActiveGuard {
 impl ActiveGuard {
     /// Counts the connection as active (its per-address slot is already taken).
     fn take(shared: &Shared, ip: IpAddr) -> Self {
-        shared.active.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard { active: shared.active.clone(), per_ip: shared.per_ip.clone(), ip }
+        let active = shared.connections.active.clone();
+        active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard { active, per_ip: shared.per_ip.clone(), ip }
     }
 }
 

@@ -132,7 +132,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    fn open(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.active.load(Ordering::Acquire)
     }
 }
@@ -141,7 +141,7 @@ pub struct Supervisor {
     events: Receiver<Event>,
     shutdown: Arc<Shutdown>,
     listeners: Vec<JoinHandle<()>>,
-    connections: Connections,
+    connections: Arc<Connections>,
     threads: HashMap<ThreadId, JoinHandle<()>>,
     /// Threads whose Exited overtook their Started in the channel.
     exited_early: HashSet<ThreadId>,
@@ -162,7 +162,7 @@ impl Supervisor {
         (events_tx, events): (Sender<Event>, Receiver<Event>),
         shutdown: Arc<Shutdown>,
         listeners: Vec<JoinHandle<()>>,
-        connections: Connections,
+        connections: Arc<Connections>,
         control: Control,
     ) -> Self {
         Supervisor {
