@@ -4,8 +4,8 @@
 //! size) that only that thread can reuse. With a thread per connection, each idle client's
 //! thread keeps there the blocks its handshake freed, where no other connection can use
 //! them. Measured with 1,000 idle TLS 1.3 clients (BENCH.md, M5): 35.7 KiB a connection with
-//! glibc's 7, 30.3 with 1, 25.0 with none; and per new connection (M4) 1 costs the same as
-//! 7 where none costs ~30 µs more. So 1. The cache can only be sized from the environment
+//! glibc's 7, 30.3 with 1, 25.0 with none; and relay CPU per new connection (M4) ~465,
+//! ~479 and ~498 µs. One block keeps idle connections under 32 KiB at half the cost of none. The cache can only be sized from the environment
 //! at process start (`GLIBC_TUNABLES`), so `serve` executes itself again, once, with it set.
 //! The pid, the arguments and every inherited descriptor stay the same. A binary that runs
 //! in glibc's secure mode (setuid, or file capabilities such as `cap_net_bind_service` to
