@@ -146,19 +146,23 @@ def kill_group(proc):
         pass
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after "(comm)" (state first), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()
+
+
 def proc_table():
     """{pid: (ppid, state)} for every process."""
     table = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        rest = text[text.rfind(")") + 2:].split()
-        table[int(name)] = (int(rest[1]), rest[0])
+        rest = stat_fields(name) if name.isdigit() else None
+        if rest:
+            table[int(name)] = (int(rest[1]), rest[0])
     return table
 
 
@@ -200,13 +204,9 @@ def tree_cpu(root):
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in tree(root):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        rest = text[text.rfind(")") + 2:].split()
-        total += sum(int(x) for x in rest[11:15])
+        rest = stat_fields(pid)
+        if rest:
+            total += sum(int(x) for x in rest[11:15])
     return total / ticks
 
 
