@@ -2,6 +2,9 @@
 //! in tests/peers/connect_server.py, `openssl s_server`) and against `tlsrelay serve` itself.
 //! Every wait has a deadline; every child is killed when its guard drops; ports are 127.0.0.1:0.
 
+mod common;
+
+use common::daemon::PidFileGuard;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::path::{Path, PathBuf};
@@ -646,20 +649,6 @@ fn quit_in_the_hub_ends_without_reconnecting() {
     assert_eq!(client.exit(), 0, "{}", client.dump());
     assert!(client.stdout().ends_with(b"* closing: quit\n"), "{}", client.dump());
     assert_eq!(client.stderr(), "");
-}
-
-/// The upgraded hub process is not our child: stop it through its pid file.
-struct PidFileGuard(PathBuf);
-
-impl Drop for PidFileGuard {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) on the pid our own hub wrote.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
 }
 
 #[test]

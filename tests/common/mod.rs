@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod hub_client;
 pub mod peers;
 pub mod process;
+pub mod tls_client;
 pub mod upstream;
 
 // Each test binary uses a different part of these.
