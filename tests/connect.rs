@@ -228,11 +228,6 @@ fn serve(certs: &Path, args: &[&str]) -> (Proc, u16) {
     (proc, port)
 }
 
-/// A port on which nothing listens.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
 }
@@ -416,7 +411,8 @@ fn mutual_tls_presents_the_client_certificate() {
 #[test]
 fn unreachable_servers_and_unreadable_files_exit_1_with_one_line() {
     let dir = certs();
-    let target = format!("127.0.0.1:{}", closed_port());
+    let closed = common::closed_port();
+    let target = closed.addr().to_string();
     let mut client = connect(&[&target, "--ca", &file(dir.path(), "ca.crt")]);
     assert_eq!(client.exit(), 1);
     assert_eq!(client.stderr(), format!("tlsrelay: cannot connect to {target}: connection refused\n"));
