@@ -21,6 +21,7 @@ if [ "${1:-test}" != build ]; then
     need python3 python3
     need prlimit util-linux
     need setcap libcap2-bin
+    need strace strace # the ignored stop-race tests of close_semantics.rs
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then
