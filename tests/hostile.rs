@@ -626,7 +626,7 @@ fn hub_abuse_affects_only_the_abuser() {
     // The long line: one error to its sender, nothing of it to anyone else, and the sender
     // is still heard.
     let too_long = "! line too long (max 4096 bytes)";
-    long.wait_line(&too_long, STEP);
+    long.wait_line(too_long, STEP);
     let after = format!("<{}> after the long line", long.nick);
     w1.wait_line(&after, STEP);
     assert_eq!(long.lines().iter().filter(|l| *l == too_long).count(), 1, "one error per long line");
