@@ -71,6 +71,9 @@ pub struct Session<'a> {
     /// Set when the server decided to close; the announcement is queued once.
     server_close: Option<ServerClose>,
     announced: bool,
+    /// The client closed its direction (TLS 1.3): it still gets what the hub had queued for
+    /// it then (DESIGN §3), before our close_notify.
+    last_delivery: bool,
     deadline: Option<Instant>,
     last_activity: Instant,
     handshake_memory: handshake_memory::Release,
@@ -100,6 +103,7 @@ impl<'a> Session<'a> {
             to_client: Buffer::new(WRITE_CHUNK),
             server_close: None,
             announced: false,
+            last_delivery: false,
             deadline: None,
             last_activity: Instant::now(),
             handshake_memory: handshake_memory::Release::after_handshake(),
@@ -188,6 +192,10 @@ impl<'a> Session<'a> {
             Err(TlsStatus::Blocked(_)) => false,
             Err(TlsStatus::Ended(end)) => {
                 debug!("conn {} client ended: {end:?}", self.id);
+                if self.tls.half_closed() && self.server_close.is_none() {
+                    self.last_delivery = true;
+                    let _ = self.hub.send(HubMsg::ClientClosed { id: self.id });
+                }
                 true
             }
         }
@@ -228,7 +236,7 @@ impl<'a> Session<'a> {
         if self.tls.broken() || self.tls.close_notify_sent() || !self.tls.may_write() {
             return false;
         }
-        if self.tls.end().is_some() && !self.tls.write_in_progress() {
+        if self.tls.end().is_some() && !self.last_delivery && !self.tls.write_in_progress() {
             // The client closed: it gets our close_notify at once (TLS 1.2 forbids more data).
             self.to_client.discard();
         }
@@ -245,9 +253,10 @@ impl<'a> Session<'a> {
         progress
     }
 
-    /// Refills `to_client`: from the outbox while open, then the closing announcement.
+    /// Refills `to_client`: from the outbox while open (and, after a TLS 1.3 client's
+    /// close_notify, up to the hub's mark), then the closing announcement.
     fn fill_to_client(&mut self) -> bool {
-        if self.tls.end().is_some() {
+        if self.tls.end().is_some() && !self.last_delivery {
             return false; // the client closed: reply with close_notify at once
         }
         if let Some(reason) = self.server_close {
@@ -267,7 +276,7 @@ impl<'a> Session<'a> {
 
     fn wants_close_notify(&self) -> bool {
         match self.tls.end() {
-            Some(TlsEnd::CloseNotify) => true,
+            Some(TlsEnd::CloseNotify) => !self.last_delivery || self.outbox.last_delivery_done(),
             Some(_) => false,
             None => self.announced,
         }
@@ -286,7 +295,8 @@ impl<'a> Session<'a> {
         let open = !self.closing();
         // Polled while open, and cleared on every wake-up: it tells of new lines, of room to
         // send more, and of a full outbox (the too-slow clock).
-        let outbox_slot = if open { set.add(self.outbox.fd(), true, false) } else { None };
+        let outbox_slot =
+            if open || self.last_delivery { set.add(self.outbox.fd(), true, false) } else { None };
         let stop_slot = if open { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
@@ -298,6 +308,7 @@ impl<'a> Session<'a> {
         }
         if set.ready(fast_slot) {
             self.close_by_server(ServerClose::Shutdown);
+            self.last_delivery = false; // a fast stop waits for nothing
             self.deadline = Some(Instant::now());
         } else if set.ready(stop_slot) {
             self.close_by_server(match self.shutdown.reason() {
