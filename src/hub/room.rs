@@ -22,9 +22,9 @@ pub enum HubMsg {
     LineTooLong {
         id: u64,
     },
-    /// The client closed its direction (TLS 1.3 close_notify): what its outbox holds once
-    /// this is handled, in order after its Join and lines, is the last it gets.
-    ClientClosed {
+    /// The client's closure began: what its outbox holds once this is handled, in order
+    /// after its Join and its lines, is the last it gets.
+    LastDelivery {
         id: u64,
     },
     Leave {
@@ -86,7 +86,7 @@ fn run(rx: Receiver<HubMsg>) {
             HubMsg::Join { id, outbox } => hub.join(id, outbox),
             HubMsg::Line { id, text } => hub.line(id, &text),
             HubMsg::LineTooLong { id } => hub.too_long(id),
-            HubMsg::ClientClosed { id } => hub.client_closed(id),
+            HubMsg::LastDelivery { id } => hub.last_delivery(id),
             HubMsg::Leave { id, reason } => hub.leave(id, reason),
         }
     }
@@ -138,7 +138,7 @@ impl Hub {
         }
     }
 
-    fn client_closed(&self, id: u64) {
+    fn last_delivery(&self, id: u64) {
         if let Some(member) = self.members.get(&id) {
             member.outbox.mark_last_delivery();
         }

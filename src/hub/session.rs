@@ -71,8 +71,9 @@ pub struct Session<'a> {
     /// Set when the server decided to close; the announcement is queued once.
     server_close: Option<ServerClose>,
     announced: bool,
-    /// The client closed its direction (TLS 1.3): it still gets what the hub had queued for
-    /// it then (DESIGN §3), before our close_notify.
+    /// A closure began (the client's TLS 1.3 close_notify, or ours but for too slow and fast
+    /// stops): the client still gets what the hub had queued for it then, up to the hub's mark
+    /// in its outbox (DESIGN §3, §7), before the closing line and our close_notify.
     last_delivery: bool,
     deadline: Option<Instant>,
     last_activity: Instant,
@@ -193,8 +194,7 @@ impl<'a> Session<'a> {
             Err(TlsStatus::Ended(end)) => {
                 debug!("conn {} client ended: {end:?}", self.id);
                 if self.tls.half_closed() && self.server_close.is_none() {
-                    self.last_delivery = true;
-                    let _ = self.hub.send(HubMsg::ClientClosed { id: self.id });
+                    self.deliver_what_is_queued();
                 }
                 true
             }
@@ -227,7 +227,18 @@ impl<'a> Session<'a> {
         if self.server_close.is_none() && self.tls.end().is_none() {
             debug!("conn {} closing: {}", self.id, reason.text());
             self.server_close = Some(reason);
+            // A client too slow to read gets nothing more; any other still gets what was
+            // queued for it (a client accepted just before an upgrade: its welcome).
+            if reason != ServerClose::TooSlow {
+                self.deliver_what_is_queued();
+            }
         }
+    }
+
+    /// Asks the hub to mark what the outbox holds now as the last the client gets.
+    fn deliver_what_is_queued(&mut self) {
+        self.last_delivery = true;
+        let _ = self.hub.send(HubMsg::LastDelivery { id: self.id });
     }
 
     // ---- hub → client ----
@@ -253,25 +264,32 @@ impl<'a> Session<'a> {
         progress
     }
 
-    /// Refills `to_client`: from the outbox while open (and, after a TLS 1.3 client's
-    /// close_notify, up to the hub's mark), then the closing announcement.
+    /// Refills `to_client`: from the outbox while open, and once a closure began only up to
+    /// the hub's mark; then the closing announcement.
     fn fill_to_client(&mut self) -> bool {
         if self.tls.end().is_some() && !self.last_delivery {
-            return false; // the client closed: reply with close_notify at once
+            return false; // the client closed (TLS 1.2): reply with close_notify at once
         }
-        if let Some(reason) = self.server_close {
-            if self.announced {
-                return false;
+        if self.server_close.is_none() || self.last_delivery {
+            let n = self.outbox.take(self.to_client.space());
+            // SAFETY: `take` wrote `n` bytes into the space.
+            unsafe { self.to_client.filled(n) };
+            if n > 0 {
+                return true;
             }
-            self.announced = true;
-            let line = format!("* closing: {}\n", reason.text());
-            self.to_client.push(line.as_bytes());
-            return true;
         }
-        let n = self.outbox.take(self.to_client.space());
-        // SAFETY: `take` wrote `n` bytes into the space.
-        unsafe { self.to_client.filled(n) };
-        n > 0
+        if self.last_delivery && !self.outbox.last_delivery_done() {
+            return false; // the hub's mark has not come yet
+        }
+        match self.server_close {
+            Some(reason) if !self.announced => {
+                self.announced = true;
+                let line = format!("* closing: {}\n", reason.text());
+                self.to_client.push(line.as_bytes());
+                true
+            }
+            _ => false,
+        }
     }
 
     fn wants_close_notify(&self) -> bool {
