@@ -217,11 +217,12 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Client bytes read from now on have nowhere to go (upstream finished or gone).
+    /// Client bytes read from now on have nowhere to go (the upstream has its FIN, or is gone).
+    /// A closure we decided (a stop) does not count until the FIN is out: bytes the client sent
+    /// before it still reach the upstream ahead of its FIN.
     fn upstream_takes_no_more(&self) -> bool {
         self.upstream.is_none()
             || self.upstream_fin_sent
-            || self.wants_upstream_fin()
             || matches!(self.upstream_end, Some(UpstreamEnd::Reset(_)))
     }
 
