@@ -132,13 +132,14 @@ fn a_reader_that_pauses_and_resumes_is_told_how_many_lines_it_lost() {
     let _guard = serial();
     const SIZE: usize = 1000;
     // Enough to fill what the kernel holds for the paused reader, its 256 KiB outbox, and more.
-    let lines = (wmem_max() + 256 * 1024 + 1024 * 1024) / (SIZE + 1) + 1;
+    let lines = (wmem_max() + 256 * 1024 + 2 * 1024 * 1024) / (SIZE + 1) + 1;
     let certs = Certs::new();
     let mut daemon = Daemon::start(&certs, &[]);
     let mut paused = HubClient::connect_with(&daemon, &certs, &["--rcvbuf", "4096", "--timeout", "120"]);
     let mut sender = HubClient::connect_with(&daemon, &certs, &["--timeout", "120"]);
     paused.wait_line(&format!("* {} joined", sender.nick), LINE_DEADLINE);
     paused.command("pause");
+    paused.wait_output("PAUSED", LINE_DEADLINE);
 
     // As fast as the hub takes them: the outbox overflows well within the 5 s too-slow limit.
     sender.command(&format!("flood A {lines} {SIZE}"));

@@ -239,11 +239,22 @@ impl<'a> Session<'a> {
         if self.server_close.is_none() && self.tls.end().is_none() {
             debug!("conn {} closing: {}", self.id, reason.text());
             self.server_close = Some(reason);
-            // A client too slow to read gets nothing more; any other still gets what was
-            // queued for it (a client accepted just before an upgrade: its welcome).
-            if reason != ServerClose::TooSlow {
+            if self.delivers_queue_before(reason) {
                 self.deliver_what_is_queued();
             }
+        }
+    }
+
+    /// Whether the client still gets what was queued for it before the closing line: after
+    /// its /quit or an idle timeout, yes (a few lines); a client too slow to read, no; at a
+    /// stop or an upgrade only a client that has read nothing yet (accepted in the last
+    /// instant: its welcome comes first, DESIGN §7) — the others would make a stop of
+    /// thousands wait for every join line still queued for them.
+    fn delivers_queue_before(&self, reason: ServerClose) -> bool {
+        match reason {
+            ServerClose::Quit | ServerClose::Idle => true,
+            ServerClose::TooSlow => false,
+            ServerClose::Shutdown | ServerClose::Upgrade => self.tls.bytes_out() == 0,
         }
     }
 

@@ -21,7 +21,8 @@ stdin commands (one a line):
   close               send close_notify, then keep reading until the server ends
   drop                close TCP (FIN) without close_notify; prints "END dropped"
   reset               close TCP with RST (SO_LINGER 0); prints "END sent-reset"
-  pause / resume      stop / restart reading the socket (a client that stops reading)
+  pause / resume      stop / restart reading the socket (a client that stops reading);
+                      "pause" prints "PAUSED" once it holds
 Relayed flood lines ("<NICK> flood TAG SEQ PAD") are checked here, not printed: on
 "<NICK> floodend TAG N" it prints "FLOOD TAG GOT ERRORS FIRST_ERROR" (GOT = flood lines
 received, ERRORS = lines out of order, missing or damaged).
@@ -283,6 +284,7 @@ def command(conn, cmd):
         return "sent-reset"
     elif word == "pause":
         conn.paused = True
+        say("PAUSED")
     elif word == "resume":
         conn.paused = False
     elif cmd:
