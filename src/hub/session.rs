@@ -16,7 +16,7 @@ use crate::hub::outbox::{Outbox, TOO_SLOW_AFTER};
 use crate::hub::room::{HubMsg, LeaveReason};
 use crate::stop::{CloseReason, Shutdown};
 use crate::sys::{self, PollSet};
-use crate::tls::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
+use crate::tls::close::{CloseKind, TlsEnd, TlsStatus};
 use crate::tls::handshake_memory;
 use crate::tls::side::TlsSide;
 
@@ -68,11 +68,13 @@ pub struct Session<'a> {
     /// Bytes just read from the client, framed at once; capacity only while a pump pass runs.
     from_client: Vec<u8>,
     to_client: Buffer,
-    client_end: Option<TlsEnd>,
     /// Set when the server decided to close; the announcement is queued once.
     server_close: Option<ServerClose>,
     announced: bool,
-    close_notify_sent: bool,
+    /// A closure began (the client's TLS 1.3 close_notify, or ours but for too slow and fast
+    /// stops): the client still gets what the hub had queued for it then, up to the hub's mark
+    /// in its outbox (DESIGN §3, §7), before the closing line and our close_notify.
+    last_delivery: bool,
     deadline: Option<Instant>,
     last_activity: Instant,
     handshake_memory: handshake_memory::Release,
@@ -100,10 +102,9 @@ impl<'a> Session<'a> {
             framer: LineFramer::default(),
             from_client: Vec::new(),
             to_client: Buffer::new(WRITE_CHUNK),
-            client_end: None,
             server_close: None,
             announced: false,
-            close_notify_sent: false,
+            last_delivery: false,
             deadline: None,
             last_activity: Instant::now(),
             handshake_memory: handshake_memory::Release::after_handshake(),
@@ -166,13 +167,13 @@ impl<'a> Session<'a> {
     }
 
     fn closing(&self) -> bool {
-        self.client_end.is_some() || self.server_close.is_some()
+        self.tls.end().is_some() || self.server_close.is_some()
     }
 
     // ---- client → hub ----
 
     fn read_client(&mut self) -> bool {
-        if self.client_end.is_some()
+        if self.tls.end().is_some()
             || !self.tls.may_read()
             || (self.server_close.is_none() && !self.outbox.may_send())
         {
@@ -192,7 +193,9 @@ impl<'a> Session<'a> {
             Err(TlsStatus::Blocked(_)) => false,
             Err(TlsStatus::Ended(end)) => {
                 debug!("conn {} client ended: {end:?}", self.id);
-                self.client_end = Some(end);
+                if self.tls.half_closed() && self.server_close.is_none() {
+                    self.deliver_what_is_queued();
+                }
                 true
             }
         }
@@ -221,88 +224,79 @@ impl<'a> Session<'a> {
     }
 
     fn close_by_server(&mut self, reason: ServerClose) {
-        if self.server_close.is_none() && self.client_end.is_none() {
+        if self.server_close.is_none() && self.tls.end().is_none() {
             debug!("conn {} closing: {}", self.id, reason.text());
             self.server_close = Some(reason);
+            // A client too slow to read gets nothing more; any other still gets what was
+            // queued for it (a client accepted just before an upgrade: its welcome).
+            if reason != ServerClose::TooSlow {
+                self.deliver_what_is_queued();
+            }
         }
+    }
+
+    /// Asks the hub to mark what the outbox holds now as the last the client gets.
+    fn deliver_what_is_queued(&mut self) {
+        self.last_delivery = true;
+        let _ = self.hub.send(HubMsg::LastDelivery { id: self.id });
     }
 
     // ---- hub → client ----
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_)))
-            || self.close_notify_sent
-            || !self.tls.may_write()
-        {
+        if self.tls.broken() || self.tls.close_notify_sent() || !self.tls.may_write() {
             return false;
         }
-        if self.client_end.is_some() && !self.tls.write_in_progress() {
+        if self.tls.end().is_some() && !self.last_delivery && !self.tls.write_in_progress() {
             // The client closed: it gets our close_notify at once (TLS 1.2 forbids more data).
             self.to_client.discard();
         }
         if self.to_client.is_empty() && !self.fill_to_client() {
             if self.wants_close_notify() {
-                return self.send_close_notify();
+                return self.tls.send_close_notify();
             }
             return false;
         }
-        match self.tls.write(self.to_client.pending()) {
-            Ok(n) => {
-                self.to_client.consume(n);
-                self.last_activity = Instant::now();
-                true
-            }
-            Err(status) => self.write_failed(status),
+        let progress = self.tls.write_from(&mut self.to_client);
+        if progress {
+            self.last_activity = Instant::now();
         }
+        progress
     }
 
-    /// Refills `to_client`: from the outbox while open, then the closing announcement.
+    /// Refills `to_client`: from the outbox while open, and once a closure began only up to
+    /// the hub's mark; then the closing announcement.
     fn fill_to_client(&mut self) -> bool {
-        if self.client_end.is_some() {
-            return false; // the client closed: reply with close_notify at once
+        if self.tls.end().is_some() && !self.last_delivery {
+            return false; // the client closed (TLS 1.2): reply with close_notify at once
         }
-        if let Some(reason) = self.server_close {
-            if self.announced {
-                return false;
+        if self.server_close.is_none() || self.last_delivery {
+            let n = self.outbox.take(self.to_client.space());
+            // SAFETY: `take` wrote `n` bytes into the space.
+            unsafe { self.to_client.filled(n) };
+            if n > 0 {
+                return true;
             }
-            self.announced = true;
-            let line = format!("* closing: {}\n", reason.text());
-            self.to_client.push(line.as_bytes());
-            return true;
         }
-        let n = self.outbox.take(self.to_client.space());
-        // SAFETY: `take` wrote `n` bytes into the space.
-        unsafe { self.to_client.filled(n) };
-        n > 0
+        if self.last_delivery && !self.outbox.last_delivery_done() {
+            return false; // the hub's mark has not come yet
+        }
+        match self.server_close {
+            Some(reason) if !self.announced => {
+                self.announced = true;
+                let line = format!("* closing: {}\n", reason.text());
+                self.to_client.push(line.as_bytes());
+                true
+            }
+            _ => false,
+        }
     }
 
     fn wants_close_notify(&self) -> bool {
-        match &self.client_end {
-            Some(TlsEnd::CloseNotify) => true,
+        match self.tls.end() {
+            Some(TlsEnd::CloseNotify) => !self.last_delivery || self.outbox.last_delivery_done(),
             Some(_) => false,
             None => self.announced,
-        }
-    }
-
-    fn send_close_notify(&mut self) -> bool {
-        match self.tls.close_notify() {
-            Ok(()) => {
-                self.close_notify_sent = true;
-                true
-            }
-            Err(status) => self.write_failed(status),
-        }
-    }
-
-    /// Handles a failed write or close_notify; returns whether anything changed.
-    fn write_failed(&mut self, status: TlsStatus) -> bool {
-        match status {
-            TlsStatus::Blocked(_) => false,
-            TlsStatus::Ended(end) => {
-                self.client_end = Some(broken_by(end));
-                self.to_client.discard();
-                true
-            }
         }
     }
 
@@ -310,15 +304,7 @@ impl<'a> Session<'a> {
 
     fn outcome(&self) -> Option<CloseKind> {
         let past_deadline = self.deadline.is_some_and(|at| Instant::now() >= at);
-        match (&self.client_end, self.close_notify_sent) {
-            (Some(TlsEnd::CloseNotify), true) => Some(CloseKind::Clean),
-            (Some(TlsEnd::Truncated), false) => Some(CloseKind::TruncatedByClient),
-            (Some(TlsEnd::Reset(_)), false) => Some(CloseKind::ResetByClient),
-            (Some(_), true) => Some(CloseKind::PeerDidNotAnswer),
-            (None, true) if past_deadline => Some(CloseKind::PeerDidNotAnswer),
-            (_, false) if past_deadline => Some(CloseKind::WriteStalled),
-            _ => None,
-        }
+        self.tls.ending().or_else(|| past_deadline.then(|| self.tls.ending_at_deadline()))
     }
 
     fn wait(&mut self) -> std::io::Result<()> {
@@ -327,7 +313,8 @@ impl<'a> Session<'a> {
         let open = !self.closing();
         // Polled while open, and cleared on every wake-up: it tells of new lines, of room to
         // send more, and of a full outbox (the too-slow clock).
-        let outbox_slot = if open { set.add(self.outbox.fd(), true, false) } else { None };
+        let outbox_slot =
+            if open || self.last_delivery { set.add(self.outbox.fd(), true, false) } else { None };
         let stop_slot = if open { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
@@ -339,6 +326,7 @@ impl<'a> Session<'a> {
         }
         if set.ready(fast_slot) {
             self.close_by_server(ServerClose::Shutdown);
+            self.last_delivery = false; // a fast stop waits for nothing
             self.deadline = Some(Instant::now());
         } else if set.ready(stop_slot) {
             self.close_by_server(match self.shutdown.reason() {
