@@ -6,21 +6,24 @@ mod common;
 use common::peers::parse_flat_json;
 use common::process::Proc;
 use common::{secs, Certs};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const HUB_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/hub_client.py");
 const CLIENTS: usize = 1000;
-const CLOSE_TIMEOUT: u64 = 3;
+/// Room for 1,000 Python clients to read the join lines the hub queued for them before their
+/// `* closing: shutdown` (2-3 s on a loaded 2-core machine).
+const CLOSE_TIMEOUT: u64 = 10;
 
 /// `tlsrelay serve` whose stderr we stop reading after `listening on`; killed on Drop.
 struct Unread {
     child: Child,
-    /// The read end of its stderr, kept open and never read again.
-    stderr: BufReader<ChildStderr>,
+    /// The read end of its stderr, kept open and not read until [`Unread::read_again`].
+    stderr: Option<BufReader<ChildStderr>>,
     port: u16,
 }
 
@@ -48,7 +51,7 @@ impl Unread {
             let _ = tx.send(Err(line));
         });
         match rx.recv_timeout(secs(10.0)) {
-            Ok(Ok((port, stderr))) => Unread { child, stderr, port },
+            Ok(Ok((port, stderr))) => Unread { child, stderr: Some(stderr), port },
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -61,9 +64,30 @@ impl Unread {
     fn unread_bytes(&self) -> usize {
         let mut n: libc::c_int = 0;
         // SAFETY: FIONREAD stores an int at the pointer; the descriptor is our open pipe end.
-        let rc = unsafe { libc::ioctl(self.stderr.get_ref().as_raw_fd(), libc::FIONREAD, &mut n) };
+        let fd = self.stderr.as_ref().expect("not read again yet").get_ref().as_raw_fd();
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
         assert_eq!(rc, 0, "FIONREAD on the daemon's stderr");
         n as usize
+    }
+
+    /// Starts reading the pipe again, to its end: what is read so far is in the Arc.
+    fn read_again(&mut self) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+        let mut stderr = self.stderr.take().expect("read again once");
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            while stderr.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        (text, reader)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
@@ -120,8 +144,7 @@ fn a_stuck_log_pipe_neither_blocks_1000_hub_clients_nor_their_clean_stop() {
     assert!(unread >= 60 * 1024, "the log pipe holds only {unread} B: the test would prove nothing");
 
     let t0 = Instant::now();
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    daemon.signal(libc::SIGTERM);
     let budget = secs(CLOSE_TIMEOUT as f64 + 1.0);
     let status = daemon.wait_exit(secs(30.0));
     let took = t0.elapsed();
@@ -147,4 +170,62 @@ fn a_stuck_log_pipe_neither_blocks_1000_hub_clients_nor_their_clean_stop() {
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A connection that fails its handshake at once (an HTTP request): the daemon logs three
+/// lines for it (`accepted`, `handshake failed`, `closed:`) and no TLS costs the test time.
+fn failed_handshake(port: u16) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(secs(10.0))).unwrap();
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    let _ = stream.read_to_end(&mut Vec::new());
+}
+
+/// Sum of N over the `N log lines dropped` notices, and how many there were.
+fn dropped_counts(log: &str) -> (usize, usize) {
+    let counts: Vec<usize> = log
+        .lines()
+        .filter_map(|l| l.strip_suffix(" log lines dropped"))
+        .map(|l| l.rsplit("] ").next().unwrap().parse().expect("count"))
+        .collect();
+    (counts.iter().sum(), counts.len())
+}
+
+#[test]
+fn a_sink_that_stalls_then_reads_again_is_told_exactly_how_many_lines_it_lost() {
+    const CONNECTIONS: usize = 2500;
+    let certs = Certs::new();
+    let mut daemon = Unread::start(&certs, &[]);
+    // 3 lines a connection: more than the queue (4,096 lines) and the pipe (64 KiB) hold.
+    for _ in 0..CONNECTIONS {
+        failed_handshake(daemon.port);
+    }
+    let (log, reader) = daemon.read_again();
+    // Until the queue has been written out: the log stops growing.
+    let deadline = Instant::now() + secs(20.0);
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = log.lock().unwrap().len();
+        if now == seen || Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(secs(15.0)).is_some(), "no exit within 15 s of SIGTERM");
+    reader.join().unwrap();
+
+    let log = log.lock().unwrap().clone();
+    let kept = log.lines().filter(|l| l.contains("] conn ")).count();
+    let (dropped, notices) = dropped_counts(&log);
+    eprintln!("log_sink: {kept} connection lines written, {dropped} dropped in {notices} notice(s)");
+    assert!(dropped > 0, "nothing was dropped: the test would prove nothing");
+    assert_eq!(
+        kept + dropped,
+        3 * CONNECTIONS,
+        "every line is written or counted; log tail:\n{}",
+        tail(&log)
+    );
+    assert!(log.contains("] stopped: "), "the `stopped:` line reached the sink; tail:\n{}", tail(&log));
 }
