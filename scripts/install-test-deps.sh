@@ -21,6 +21,7 @@ if [ "${1:-test}" != build ]; then
     need python3 python3
     need prlimit util-linux
     need setcap libcap2-bin
+    need strace strace # the ignored stop-race tests of close_semantics.rs
     # Clients whose APIs hide a bare reset or FIN (tests/unclean_end.rs).
     need node nodejs
     need go golang-go
