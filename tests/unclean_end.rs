@@ -107,7 +107,9 @@ fn upstream_reset_is_an_error_not_a_clean_end_go() {
 #[test]
 fn upstream_unreachable_is_an_error_not_a_clean_end_node_and_go() {
     let certs = Certs::new();
-    let target = closed_port().to_string();
+    // Bound, never listening: refused for as long as `closed` lives.
+    let closed = closed_port();
+    let target = closed.addr().to_string();
     let daemon = Daemon::start(&certs, &["--upstream", &target, "--connect-timeout", "2"]);
     // Sending nothing, as a client that waits for the server to speak first.
     assert_node_error(&node(daemon.port(), &certs, ""));
