@@ -10,7 +10,8 @@
 //! (`ssl3_send_alert` defers it then), so it never blocks and never cuts a record in two.
 //! So the read BIO is taken away for one `SSL_read`, then put back. Nothing crafted, no
 //! secrets handled by us: the alert is encrypted and sequenced by OpenSSL like any record.
-//! OpenSSL 3.2's new record layer keeps the same rule (`RLAYERfatal` with the same reason).
+//! OpenSSL 3.2's new record layer has the same check (`RLAYERfatal`, same reason); only 3.0 is
+//! tested here, by the unit tests below and tests/unclean_end.rs.
 
 use std::net::TcpStream;
 use std::os::raw::{c_int, c_void};
