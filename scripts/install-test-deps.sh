@@ -22,6 +22,9 @@ if [ "${1:-test}" != build ]; then
     need prlimit util-linux
     need setcap libcap2-bin
     need strace strace # the ignored stop-race tests of close_semantics.rs
+    # Clients whose APIs hide a bare reset or FIN (tests/unclean_end.rs).
+    need node nodejs
+    need go golang-go
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then

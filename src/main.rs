@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod forward;
 mod hub;
+mod logging;
 mod serve;
 mod stop;
 mod sys;
@@ -20,7 +21,12 @@ use crate::error::Error;
 
 fn main() {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // The daemon's log goes through a queue that a stuck sink cannot block (logging.rs).
+    let sink = match cli.command {
+        Command::Serve(_) => logging::Sink::Queued,
+        _ => logging::Sink::Direct,
+    };
+    logging::init(sink);
     let result = match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Upgrade(args) => serve::upgrade::request(&args.pid_file),
@@ -36,11 +42,13 @@ fn main() {
     };
     if let Err(err) = result {
         report(&err);
+        logging::flush(logging::EXIT_WAIT);
         std::process::exit(err.exit_code());
     }
+    logging::flush(logging::EXIT_WAIT);
 }
 
 /// One line for the operator, whatever the log level.
 fn report(err: &Error) {
-    eprintln!("tlsrelay: {err}");
+    logging::line(&format!("tlsrelay: {err}\n"));
 }

@@ -15,16 +15,17 @@ const PEER: Duration = Duration::from_secs(20);
 /// Deadline for the upstream's report of one connection.
 const UPSTREAM: Duration = Duration::from_secs(20);
 
-/// DESIGN: the client "must not see a clean close: its TCP connection is reset without
-/// close_notify". Python reports a TCP reset as `reset` (a truncation would be `truncated`).
-fn assert_reset(r: &PyResult) {
-    assert_eq!(r.end, "reset", "the client must see its connection reset: {}", r.raw);
+/// DESIGN: where the relay ends a client's connection uncleanly after the handshake, the client
+/// "gets a fatal `internal_error` alert (when that write does not block), then its TCP
+/// connection is reset". Python names the alert it received.
+fn assert_internal_error(r: &PyResult) {
+    assert_eq!(r.end, "alert:TLSV1_ALERT_INTERNAL_ERROR", "the client must get alert 80: {}", r.raw);
 }
 
-/// gnutls-cli's words for a TCP reset (ECONNRESET); a truncation reads "non-properly terminated".
-const GNUTLS_RESET: &str = "*** Fatal error: Error in the pull function.";
-/// s_client's words for a TCP reset while reading.
-const S_CLIENT_RESET: &str = "read:errno=104";
+/// gnutls-cli's words for the fatal `internal_error` alert.
+const GNUTLS_INTERNAL_ERROR: &str = "*** Received alert [80]: Internal error";
+/// s_client's words for the fatal `internal_error` alert.
+const S_CLIENT_INTERNAL_ERROR: &str = "SSL alert number 80";
 
 /// s_client prints `read R BLOCK` between reads; strip it to compare the data it received.
 fn s_client_data(stdout: &str) -> String {
@@ -308,7 +309,8 @@ fn upstream_reset_is_not_reported_as_clean_close_python() {
     let f = forward(read_then_reset(7, b"partial"), &["--close-timeout", "5"]);
     let r = python(f.port(), &f.certs, &["--send", "request"], PEER);
     assert_eq!(r.handshake, "ok", "{}", r.raw);
-    assert_reset(&r);
+    assert_eq!(r.text, "partial", "the bytes before the reset are delivered: {}", r.raw);
+    assert_internal_error(&r);
     f.expect_closed("upstream reset");
     assert_eq!(f.upstream.next_seen(UPSTREAM).text(), "request");
 }
@@ -321,7 +323,7 @@ fn upstream_reset_is_not_reported_as_clean_close_gnutls() {
     g.send(b"request\n");
     let out = g.finish(PEER);
     assert!(!out.gnutls_clean(), "a reset upstream must not look clean: {out:?}");
-    assert!(out.contains(GNUTLS_RESET), "the client's connection must be reset: {out:?}");
+    assert!(out.contains(GNUTLS_INTERNAL_ERROR), "the client must get alert 80: {out:?}");
     assert_ne!(out.exit_code(), Some(0), "{out:?}");
     f.expect_closed("upstream reset");
 }
@@ -334,7 +336,7 @@ fn upstream_reset_is_not_reported_as_clean_close_openssl() {
     s.send(b"request\n");
     let out = s.finish(PEER);
     assert!(!out.s_client_clean(), "a reset upstream must not look clean: {out:?}");
-    assert!(out.contains(S_CLIENT_RESET), "the client's connection must be reset: {out:?}");
+    assert!(out.contains(S_CLIENT_INTERNAL_ERROR), "the client must get alert 80: {out:?}");
     assert_ne!(out.exit_code(), Some(0), "{out:?}");
     f.expect_closed("upstream reset");
 }
@@ -362,7 +364,7 @@ fn upstream_unreachable_is_not_a_clean_close_python() {
     // Sending nothing leaves no unread bytes at the relay, whose close would then be a
     // FIN unless it resets on purpose.
     let r = python(daemon.port(), &certs, &[], PEER);
-    assert_reset(&r);
+    assert_internal_error(&r);
     assert_unreachable_logged(&daemon, &target);
 }
 
@@ -372,7 +374,7 @@ fn upstream_unreachable_is_not_a_clean_close_gnutls() {
     let g = gnutls(daemon.port(), &certs, false);
     let out = g.finish(PEER);
     assert!(!out.gnutls_clean(), "{out:?}");
-    assert!(out.contains(GNUTLS_RESET), "the client's connection must be reset: {out:?}");
+    assert!(out.contains(GNUTLS_INTERNAL_ERROR), "the client must get alert 80: {out:?}");
     assert_ne!(out.exit_code(), Some(0), "{out:?}");
     assert_unreachable_logged(&daemon, &target);
 }

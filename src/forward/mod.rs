@@ -11,14 +11,14 @@ use openssl::ssl::SslStream;
 
 use crate::config::RelayConfig;
 use crate::stop::Shutdown;
-use crate::sys;
+use crate::tls::abort;
 use crate::tls::close::CloseKind;
 use pump::Relay;
 
 /// Connects the upstream and relays until the connection is closed: (how, bytes in, bytes out).
 pub fn serve(
     id: u64,
-    tls: SslStream<TcpStream>,
+    mut tls: SslStream<TcpStream>,
     config: &RelayConfig,
     shutdown: &Shutdown,
 ) -> (CloseKind, u64, u64) {
@@ -27,7 +27,8 @@ pub fn serve(
         Ok(stream) => stream,
         Err(reason) => {
             warn!("conn {id} upstream {target} unreachable: {reason}");
-            sys::set_linger_zero(tls.get_ref());
+            // Not a clean close: an `internal_error` alert, then a reset (DESIGN §3).
+            abort::abort(&mut tls);
             return (CloseKind::UpstreamUnreachable, 0, 0);
         }
     };

@@ -404,7 +404,7 @@ impl<'a> Relay<'a> {
     /// Closes the sockets the way `kind` demands: RST where the end was unclean.
     fn finish(&mut self, kind: &CloseKind) {
         match kind {
-            CloseKind::UpstreamReset | CloseKind::WriteStalled => sys::set_linger_zero(self.tls.socket()),
+            CloseKind::UpstreamReset | CloseKind::WriteStalled => self.tls.abort(),
             CloseKind::TruncatedByClient | CloseKind::ResetByClient => {
                 if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.config.client_eof) {
                     sys::set_linger_zero(upstream);

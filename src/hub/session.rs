@@ -15,7 +15,7 @@ use crate::hub::lines::{Framed, LineFramer};
 use crate::hub::outbox::{Outbox, TOO_SLOW_AFTER};
 use crate::hub::room::{HubMsg, LeaveReason};
 use crate::stop::{CloseReason, Shutdown};
-use crate::sys::{self, PollSet};
+use crate::sys::PollSet;
 use crate::tls::close::{CloseKind, TlsEnd, TlsStatus};
 use crate::tls::handshake_memory;
 use crate::tls::side::TlsSide;
@@ -134,13 +134,13 @@ impl<'a> Session<'a> {
             if let Some(kind) = self.outcome() {
                 if matches!(kind, CloseKind::WriteStalled) {
                     warn!("conn {} client stopped reading during the closure; connection reset", self.id);
-                    sys::set_linger_zero(self.tls.socket());
+                    self.tls.abort();
                 }
                 return kind;
             }
             if let Err(err) = self.wait() {
                 warn!("conn {} poll failed: {err}", self.id);
-                sys::set_linger_zero(self.tls.socket());
+                self.tls.abort();
                 return CloseKind::WriteStalled;
             }
         }

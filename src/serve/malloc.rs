@@ -39,6 +39,8 @@ pub fn limit_tcache(exe: &Path) {
         tunables.push(":");
     }
     tunables.push(format!("{TCACHE_COUNT}=1"));
+    // The new program has a new queue: what this one still holds must be out first.
+    crate::logging::flush(crate::logging::EXIT_WAIT);
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("tlsrelay"));
     let err = Command::new(exe).arg0(arg0).args(args).env(TUNABLES, tunables).env(REEXECUTED, "1").exec();

@@ -15,7 +15,6 @@ pub mod upgrade;
 mod worker;
 
 use std::fs;
-use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -145,12 +144,11 @@ fn reload(config: &TlsConfig, settings: &Settings) {
     }
 }
 
-/// Prints the `listening on ADDR` lines scripts wait for, each in one write so that no
-/// reader ever sees half a line.
+/// Prints the `listening on ADDR` lines scripts wait for, whatever `RUST_LOG` says, each in
+/// one write so that no reader ever sees half a line, in order with the log (logging.rs).
 fn announce_listening(listeners: &[TcpListener]) -> Result<(), Error> {
     for listener in listeners {
-        let line = format!("listening on {}\n", listener.local_addr()?);
-        std::io::stderr().write_all(line.as_bytes())?;
+        crate::logging::line(&format!("listening on {}\n", listener.local_addr()?));
     }
     Ok(())
 }

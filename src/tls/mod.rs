@@ -2,6 +2,7 @@
 //! its closing sequence (DESIGN §3), how a TLS stream ended, and development certificates.
 //! Lower layer: it reads `config`, `sys` and `error` and nothing of the daemon.
 
+pub mod abort;
 pub mod acceptor;
 pub mod certgen;
 pub mod close;

@@ -10,6 +10,7 @@ use openssl::ssl::{self, SslStream, SslVersion};
 
 use crate::buffer::Buffer;
 use crate::sys::{PollSet, Slot};
+use crate::tls::abort;
 use crate::tls::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus, Want};
 
 pub struct TlsSide {
@@ -219,6 +220,12 @@ impl TlsSide {
             (Some(TlsEnd::Reset(_)), false) => Some(CloseKind::ResetByClient),
             (Some(TlsEnd::CloseNotify) | None, false) | (None, true) => None,
         }
+    }
+
+    /// Ends the connection uncleanly (DESIGN §3): the fatal `internal_error` alert when it can
+    /// go out without blocking, then a reset when the stream is dropped ([`abort::abort`]).
+    pub fn abort(&mut self) {
+        abort::abort(&mut self.stream);
     }
 
     /// How the connection ended when the closure's deadline passed first.
