@@ -2,6 +2,7 @@
 //! line, starts logging, runs the subcommand and is the only place that picks an exit code.
 
 mod buffer;
+mod cert_expiry;
 mod certgen;
 mod cli;
 mod client;
@@ -12,9 +13,11 @@ mod hub;
 mod lines;
 mod listener;
 mod malloc;
+mod metrics;
 mod outbox;
 mod pump;
 mod session;
+mod status;
 mod stop;
 mod supervisor;
 mod sys;
