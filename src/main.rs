@@ -2,31 +2,16 @@
 //! line, starts logging, runs the subcommand and is the only place that picks an exit code.
 
 mod buffer;
-mod cert_expiry;
-mod certgen;
 mod cli;
 mod client;
-mod close;
-mod daemon;
+mod config;
 mod error;
+mod forward;
 mod hub;
-mod lines;
-mod listener;
-mod malloc;
-mod metrics;
-mod outbox;
-mod pump;
-mod session;
-mod status;
+mod serve;
 mod stop;
-mod supervisor;
 mod sys;
-mod thread_cache;
-mod thread_memory;
 mod tls;
-mod tls_side;
-mod upgrade;
-mod worker;
 
 use clap::Parser;
 
@@ -37,11 +22,13 @@ fn main() {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
-        Command::Serve(args) => daemon::serve(args),
-        Command::Upgrade(args) => upgrade::request(&args.pid_file),
-        Command::GenCert(args) => {
-            certgen::run(&certgen::Options { out: args.out, names: args.names, clients: args.clients })
-        }
+        Command::Serve(args) => serve::serve(args),
+        Command::Upgrade(args) => serve::upgrade::request(&args.pid_file),
+        Command::GenCert(args) => tls::certgen::run(&tls::certgen::Options {
+            out: args.out,
+            names: args.names,
+            clients: args.clients,
+        }),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

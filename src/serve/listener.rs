@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::error::describe_io;
+use crate::serve::supervisor::Connections;
+use crate::serve::thread_cache::Job;
+use crate::serve::worker::{self, Settings};
 use crate::stop::Shutdown;
-use crate::supervisor::Connections;
 use crate::sys::{self, PollSet};
-use crate::thread_cache::Job;
-use crate::worker::{self, Settings};
 
 /// How long accepting pauses after EMFILE and its kin, so a full table cannot make us spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -10,14 +10,13 @@ use log::{debug, warn};
 use openssl::ssl::{SslStream, SslVersion};
 
 use crate::buffer::Buffer;
-use crate::cli::ClientEof;
-use crate::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
+use crate::config::{ClientEof, RelayConfig};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
-use crate::thread_memory;
-use crate::tls_side::TlsSide;
-use crate::worker::Settings;
+use crate::tls::close::{CloseKind, TlsEnd, TlsStatus};
+use crate::tls::handshake_memory;
+use crate::tls::side::TlsSide;
 
 /// The most plaintext one TLS record carries.
 const TLS_RECORD: usize = 16 * 1024;
@@ -62,19 +61,17 @@ pub struct Relay<'a> {
     id: u64,
     tls: TlsSide,
     upstream: Option<TcpStream>,
-    settings: &'a Settings,
+    config: &'a RelayConfig,
     shutdown: &'a Shutdown,
     tls13: bool,
     to_upstream: Buffer,
     to_client: Buffer,
-    client_end: Option<TlsEnd>,
     upstream_end: Option<UpstreamEnd>,
     upstream_fin_sent: bool,
-    close_notify_sent: bool,
     blocked: Blocked,
     closing: Option<Closing>,
     last_activity: Instant,
-    handshake_memory: thread_memory::Release,
+    handshake_memory: handshake_memory::Release,
     /// The client's plaintext totals, for the `closed:` line once [`Relay::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -87,7 +84,7 @@ impl<'a> Relay<'a> {
         id: u64,
         tls: SslStream<TcpStream>,
         upstream: Option<TcpStream>,
-        settings: &'a Settings,
+        config: &'a RelayConfig,
         shutdown: &'a Shutdown,
     ) -> Self {
         let tls13 = tls.ssl().version2() == Some(SslVersion::TLS1_3);
@@ -96,19 +93,17 @@ impl<'a> Relay<'a> {
             id,
             tls: TlsSide::new(tls),
             upstream,
-            settings,
+            config,
             shutdown,
             tls13,
             to_upstream: Buffer::new(BUFFER_SIZE),
             to_client: Buffer::new(BUFFER_SIZE),
-            client_end: None,
             upstream_end,
             upstream_fin_sent: false,
-            close_notify_sent: false,
             blocked: Blocked::default(),
             closing: None,
             last_activity: Instant::now(),
-            handshake_memory: thread_memory::Release::after_handshake(),
+            handshake_memory: handshake_memory::Release::after_handshake(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -158,7 +153,7 @@ impl<'a> Relay<'a> {
     fn read_client(&mut self) -> bool {
         // Reading goes on while a whole TLS record still fits, so one upstream write carries
         // several records.
-        if self.client_end.is_some() || !self.tls.may_read() || self.to_upstream.room() < TLS_RECORD {
+        if self.tls.end().is_some() || !self.tls.may_read() || self.to_upstream.room() < TLS_RECORD {
             return false;
         }
         match self.tls.read_uninit(self.to_upstream.space()) {
@@ -175,7 +170,6 @@ impl<'a> Relay<'a> {
             Err(TlsStatus::Blocked(_)) => false,
             Err(TlsStatus::Ended(end)) => {
                 debug!("conn {} client ended: {end:?}", self.id);
-                self.client_end = Some(end);
                 true
             }
         }
@@ -217,9 +211,9 @@ impl<'a> Relay<'a> {
 
     /// Whether the upstream should get its FIN once `to_upstream` is flushed.
     fn wants_upstream_fin(&self) -> bool {
-        match &self.client_end {
+        match self.tls.end() {
             Some(TlsEnd::CloseNotify) => true,
-            Some(_) => self.close_notify_sent || self.settings.client_eof == ClientEof::Fin,
+            Some(_) => self.tls.close_notify_sent() || self.config.client_eof == ClientEof::Fin,
             // After an upstream EOF we keep relaying client→upstream until the client's
             // close_notify; only a closure we decided ends that direction early.
             None => self.closing.is_some_and(|c| c.by_us),
@@ -270,13 +264,13 @@ impl<'a> Relay<'a> {
 
     /// Whether bytes from the upstream may still be sent to the client.
     fn client_takes_data(&self) -> bool {
-        let open = match &self.client_end {
+        let open = match self.tls.end() {
             None => true,
             // TLS 1.3 lets us keep writing after the client's close_notify; TLS 1.2 does not.
             Some(TlsEnd::CloseNotify) => self.tls13,
             Some(_) => false,
         };
-        open && !self.close_notify_sent && !self.relay_window_over()
+        open && !self.tls.close_notify_sent() && !self.relay_window_over()
     }
 
     fn relay_window_over(&self) -> bool {
@@ -284,7 +278,7 @@ impl<'a> Relay<'a> {
     }
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || !self.tls.may_write() {
+        if self.tls.broken() || !self.tls.may_write() {
             return false;
         }
         if !self.to_client.is_empty()
@@ -295,10 +289,14 @@ impl<'a> Relay<'a> {
             self.to_client.discard();
         }
         if !self.to_client.is_empty() {
-            return self.write_pending_to_client();
+            let progress = self.tls.write_from(&mut self.to_client);
+            if progress {
+                self.last_activity = Instant::now();
+            }
+            return progress;
         }
-        if self.wants_close_notify() && !self.close_notify_sent {
-            return self.send_close_notify();
+        if self.wants_close_notify() && !self.tls.close_notify_sent() {
+            return self.tls.send_close_notify();
         }
         false
     }
@@ -306,51 +304,17 @@ impl<'a> Relay<'a> {
     /// Bytes already read from the upstream may still go out (also after the relay window:
     /// what was read before close_notify is delivered before it).
     fn client_takes_data_already_read(&self) -> bool {
-        match &self.client_end {
+        match self.tls.end() {
             None => true,
             Some(TlsEnd::CloseNotify) => self.tls13,
             Some(_) => false,
         }
     }
 
-    fn write_pending_to_client(&mut self) -> bool {
-        match self.tls.write(self.to_client.pending()) {
-            Ok(n) => {
-                self.to_client.consume(n);
-                self.last_activity = Instant::now();
-                true
-            }
-            Err(status) => self.client_call_failed(status),
-        }
-    }
-
-    fn send_close_notify(&mut self) -> bool {
-        match self.tls.close_notify() {
-            Ok(()) => {
-                debug!("conn {} sent close_notify", self.id);
-                self.close_notify_sent = true;
-                true
-            }
-            Err(status) => self.client_call_failed(status),
-        }
-    }
-
-    /// Handles a failed write or close_notify; returns whether anything changed.
-    fn client_call_failed(&mut self, status: TlsStatus) -> bool {
-        match status {
-            TlsStatus::Blocked(_) => false,
-            TlsStatus::Ended(end) => {
-                self.client_end = Some(broken_by(end));
-                self.to_client.discard();
-                true
-            }
-        }
-    }
-
     /// Whether close_notify is due now (every byte for the client already written).
     fn wants_close_notify(&self) -> bool {
         let upstream_done = matches!(self.upstream_end, Some(UpstreamEnd::Eof));
-        match &self.client_end {
+        match self.tls.end() {
             Some(TlsEnd::CloseNotify) => !self.tls13 || upstream_done || self.relay_window_over(),
             Some(_) => false,
             None => upstream_done || (self.closing.is_some_and(|c| c.by_us) && self.relay_window_over()),
@@ -368,54 +332,37 @@ impl<'a> Relay<'a> {
 
     /// Any end of either side starts the closure and its deadline.
     fn start_closing_on_ends(&mut self) {
-        if self.closing.is_none() && (self.client_end.is_some() || self.upstream_end.is_some()) {
+        if self.closing.is_none() && (self.tls.end().is_some() || self.upstream_end.is_some()) {
             self.start_closing(false);
         }
     }
 
     fn start_closing(&mut self, by_us: bool) {
         let now = Instant::now();
-        let total = self.settings.close_timeout;
+        let total = self.config.close_timeout;
         self.closing = Some(Closing { deadline: now + total, relay_until: now + total / 2, by_us });
     }
 
     /// The connection's end, once one is reached.
     fn outcome(&mut self) -> Option<CloseKind> {
         if let Some(UpstreamEnd::Reset(reason)) = &self.upstream_end {
-            if !self.close_notify_sent {
+            if !self.tls.close_notify_sent() {
                 warn!("conn {} upstream failed: {reason}; resetting the client", self.id);
                 return Some(CloseKind::UpstreamReset);
             }
         }
         let past_deadline = self.closing.is_some_and(|c| Instant::now() >= c.deadline);
-        match (&self.client_end, self.close_notify_sent) {
-            (Some(TlsEnd::CloseNotify), true) if self.upstream_settled() || past_deadline => {
-                return Some(CloseKind::Clean)
+        if let Some(kind) = self.tls.ending() {
+            // The client's side is done; the upstream's must be too, or out of time.
+            let upstream_done = match kind {
+                CloseKind::TruncatedByClient | CloseKind::ResetByClient => self.truncation_delivered(),
+                _ => self.upstream_settled(),
+            };
+            if upstream_done || past_deadline {
+                return Some(kind);
             }
-            (Some(TlsEnd::Truncated | TlsEnd::Reset(_)), true)
-                if self.upstream_settled() || past_deadline =>
-            {
-                return Some(CloseKind::PeerDidNotAnswer)
-            }
-            (Some(end @ (TlsEnd::Truncated | TlsEnd::Reset(_))), false) => {
-                let kind = match end {
-                    TlsEnd::Truncated => CloseKind::TruncatedByClient,
-                    _ => CloseKind::ResetByClient,
-                };
-                if self.truncation_delivered() || past_deadline {
-                    return Some(kind);
-                }
-            }
-            _ => {}
         }
-        if past_deadline {
-            return Some(if self.close_notify_sent {
-                CloseKind::PeerDidNotAnswer
-            } else {
-                CloseKind::WriteStalled
-            });
-        }
-        None
+        past_deadline.then(|| self.tls.ending_at_deadline())
     }
 
     /// Every client byte given to the upstream and, with `reset`, acknowledged by it
@@ -428,7 +375,7 @@ impl<'a> Relay<'a> {
         if !self.to_upstream.is_empty() {
             return false;
         }
-        if self.settings.client_eof == ClientEof::Fin {
+        if self.config.client_eof == ClientEof::Fin {
             return self.upstream_fin_sent;
         }
         let queued = sys::unsent_bytes(upstream).unwrap_or(0);
@@ -448,7 +395,7 @@ impl<'a> Relay<'a> {
         match kind {
             CloseKind::UpstreamReset | CloseKind::WriteStalled => sys::set_linger_zero(self.tls.socket()),
             CloseKind::TruncatedByClient | CloseKind::ResetByClient => {
-                if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.settings.client_eof) {
+                if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.config.client_eof) {
                     sys::set_linger_zero(upstream);
                 }
             }
@@ -488,7 +435,7 @@ impl<'a> Relay<'a> {
         } else if set.ready(stop_slot) {
             self.start_closing(true);
         } else if self.idle_expired() {
-            debug!("conn {} idle for {:?}", self.id, self.settings.idle_timeout);
+            debug!("conn {} idle for {:?}", self.id, self.config.idle_timeout);
             self.start_closing(true);
         }
         Ok(())
@@ -502,8 +449,8 @@ impl<'a> Relay<'a> {
 
     fn idle_expired(&self) -> bool {
         self.closing.is_none()
-            && !self.settings.idle_timeout.is_zero()
-            && self.last_activity.elapsed() >= self.settings.idle_timeout
+            && !self.config.idle_timeout.is_zero()
+            && self.last_activity.elapsed() >= self.config.idle_timeout
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -516,8 +463,8 @@ impl<'a> Relay<'a> {
                     consider(closing.relay_until);
                 }
             }
-            None if !self.settings.idle_timeout.is_zero() => {
-                consider(self.last_activity + self.settings.idle_timeout)
+            None if !self.config.idle_timeout.is_zero() => {
+                consider(self.last_activity + self.config.idle_timeout)
             }
             None => {}
         }

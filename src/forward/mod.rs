@@ -1,0 +1,37 @@
+//! Forward mode: each client's TLS stream relayed to a plain upstream connection, with every
+//! closure of DESIGN §3. Reads `config`, `tls`, `stop` and `sys`; knows nothing of the daemon.
+
+mod pump;
+mod upstream;
+
+use std::net::TcpStream;
+
+use log::warn;
+use openssl::ssl::SslStream;
+
+use crate::config::RelayConfig;
+use crate::stop::Shutdown;
+use crate::sys;
+use crate::tls::close::CloseKind;
+use pump::Relay;
+
+/// Connects the upstream and relays until the connection is closed: (how, bytes in, bytes out).
+pub fn serve(
+    id: u64,
+    tls: SslStream<TcpStream>,
+    config: &RelayConfig,
+    shutdown: &Shutdown,
+) -> (CloseKind, u64, u64) {
+    let target = config.upstream.as_deref().expect("forward mode has an upstream");
+    let upstream = match upstream::connect(target, config, shutdown) {
+        Ok(stream) => stream,
+        Err(reason) => {
+            warn!("conn {id} upstream {target} unreachable: {reason}");
+            sys::set_linger_zero(tls.get_ref());
+            return (CloseKind::UpstreamUnreachable, 0, 0);
+        }
+    };
+    let mut relay = Relay::new(id, tls, upstream, config, shutdown);
+    let kind = relay.run();
+    (kind, relay.bytes_in, relay.bytes_out)
+}

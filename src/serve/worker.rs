@@ -1,0 +1,110 @@
+//! One connection's life on its worker thread: the handshake with its deadline, then forward
+//! mode or the hub, then exactly one `closed:` log line.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use log::info;
+use openssl::ssl::{SslAcceptor, SslStream};
+
+use crate::config::RelayConfig;
+use crate::hub::outbox::Outbox;
+use crate::hub::room::HubMsg;
+use crate::serve::tally::Tally;
+use crate::stop::Shutdown;
+use crate::tls::close::CloseKind;
+use crate::tls::{handshake, handshake_memory};
+use crate::{forward, hub};
+
+/// What every worker needs to know, fixed at start (the acceptor aside).
+pub struct Settings {
+    /// Swapped whole by a reload; each handshake takes the current one.
+    pub acceptor: RwLock<Arc<SslAcceptor>>,
+    pub relay: RelayConfig,
+    /// Hub mode: where lines go. `None` in forward mode.
+    pub hub: Option<Sender<HubMsg>>,
+}
+
+/// A connection's second descriptor, taken by the listener before the worker starts, so
+/// that a full descriptor table refuses a connection at once rather than after its handshake.
+pub enum Reserved {
+    /// Hub mode: the client's outbox with its wake-up eventfd.
+    Outbox(Arc<Outbox>),
+    /// Forward mode: a placeholder, closed just before the upstream socket is made.
+    Spare(OwnedFd),
+}
+
+pub fn reserve_descriptor(tcp: &TcpStream, settings: &Settings) -> std::io::Result<Reserved> {
+    match settings.hub {
+        Some(_) => Ok(Reserved::Outbox(Arc::new(Outbox::new()?))),
+        None => Ok(Reserved::Spare(tcp.as_fd().try_clone_to_owned()?)),
+    }
+}
+
+/// Serves one accepted client from start to end; logs exactly one `closed:` line.
+pub fn run(
+    id: u64,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    reserved: Reserved,
+    settings: &Settings,
+    shutdown: &Shutdown,
+    tally: &Tally,
+) {
+    let started = Instant::now();
+    handshake_memory::forget_earlier_errors();
+    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown);
+    info!(
+        "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tally.count(&kind);
+}
+
+fn serve(
+    id: u64,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    reserved: Reserved,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> (CloseKind, u64, u64) {
+    // The socket comes non-blocking from sys::accept, with TCP_NODELAY and keepalive
+    // inherited from the listening socket (sys::set_accepted_options).
+    let tls = match handshake(tcp, settings, shutdown) {
+        Ok(tls) => tls,
+        Err(kind) => {
+            // The operator's one line with the peer address and the reason.
+            if matches!(kind, CloseKind::HandshakeFailed(_) | CloseKind::HandshakeTimeout) {
+                info!("conn {id} from {peer} {kind}");
+            }
+            return (kind, 0, 0);
+        }
+    };
+    handshake::log_established(id, &tls);
+
+    match reserved {
+        Reserved::Outbox(outbox) => {
+            let room = settings.hub.clone().expect("hub mode has a hub");
+            hub::serve(id, tls, outbox, room, &settings.relay, shutdown)
+        }
+        Reserved::Spare(spare) => {
+            drop(spare); // its descriptor number is for the upstream socket now
+            forward::serve(id, tls, &settings.relay, shutdown)
+        }
+    }
+}
+
+/// The handshake with the current acceptor, bounded by --handshake-timeout; a stop drops it.
+fn handshake(
+    tcp: TcpStream,
+    settings: &Settings,
+    shutdown: &Shutdown,
+) -> Result<SslStream<TcpStream>, CloseKind> {
+    let deadline = Instant::now() + settings.relay.handshake_timeout;
+    let acceptor = settings.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
+    handshake::accept(&acceptor, tcp, deadline, &[shutdown.handshakes.fd(), shutdown.fast.fd()])
+}
