@@ -9,6 +9,7 @@ mod error;
 mod forward;
 mod hub;
 mod serve;
+mod status;
 mod stop;
 mod sys;
 mod tls;
@@ -29,6 +30,7 @@ fn main() {
             names: args.names,
             clients: args.clients,
         }),
+        Command::Status(args) => status::run(args.status),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

@@ -49,6 +49,7 @@ impl Outbox {
         let (fits, wake) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.bytes.len() + line.len() + 1 > OUTBOX_LIMIT {
+                super::stats::DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let newly_full = state.full_since.is_none();
                 state.full_since.get_or_insert_with(Instant::now);
                 (false, newly_full)

@@ -3,6 +3,7 @@
 
 pub mod exposition;
 pub mod histogram;
+pub mod source;
 
 use exposition::{Exposition, Kind};
 use histogram::HistogramSnapshot;

@@ -31,20 +31,32 @@ impl Health {
 
 /// Set by the supervisor, read by the status thread.
 #[derive(Default)]
-pub struct HealthState(AtomicU8);
+pub struct HealthState {
+    state: AtomicU8,
+    /// With an endpoint (--status), each change is logged: an operator reading the log
+    /// sees when a balancer was told.
+    announce: bool,
+}
 
 impl HealthState {
+    pub fn new(announce: bool) -> Self {
+        HealthState { state: AtomicU8::new(0), announce }
+    }
+
     pub fn set(&self, health: Health) {
         let value = match health {
             Health::Accepting => 0,
             Health::Stopping => 1,
             Health::Draining => 2,
         };
-        self.0.store(value, Ordering::Release);
+        let before = self.state.swap(value, Ordering::AcqRel);
+        if self.announce && before != value {
+            log::info!("/health: {} {}", health.status(), health.word());
+        }
     }
 
     pub fn get(&self) -> Health {
-        match self.0.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
             0 => Health::Accepting,
             1 => Health::Stopping,
             _ => Health::Draining,
