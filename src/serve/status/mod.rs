@@ -67,9 +67,17 @@ impl Endpoint {
         Endpoint { source, conns: Vec::new() }
     }
 
+    /// After the stop, the requests already read are still answered (within their
+    /// deadline): in an upgrade the new process answers the rest from the same socket.
     fn run(mut self, listener: &TcpListener, stop_fd: RawFd) {
+        let mut stopped = false;
         loop {
-            let mut fds = vec![poll_fd(listener.as_raw_fd(), true), poll_fd(stop_fd, true)];
+            if stopped && self.conns.is_empty() {
+                return;
+            }
+            // poll(2) skips negative descriptors.
+            let (listen_fd, stop_fd) = if stopped { (-1, -1) } else { (listener.as_raw_fd(), stop_fd) };
+            let mut fds = vec![poll_fd(listen_fd, true), poll_fd(stop_fd, true)];
             fds.extend(self.conns.iter().map(|c| poll_fd(c.stream.as_raw_fd(), c.reply.is_empty())));
             let deadline = self.conns.iter().map(|c| c.deadline).min();
             if let Err(err) = sys::poll_fds(&mut fds, deadline) {
@@ -78,10 +86,10 @@ impl Endpoint {
                 continue;
             }
             if fds[1].revents != 0 {
-                return;
+                stopped = true;
             }
             self.serve_ready(&fds[2..]);
-            if fds[0].revents != 0 {
+            if fds[0].revents != 0 && !stopped {
                 self.accept_all(listener);
             }
         }
