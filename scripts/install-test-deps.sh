@@ -20,6 +20,7 @@ if [ "${1:-test}" != build ]; then
     need openssl openssl
     need python3 python3
     need prlimit util-linux
+    need promtool prometheus
     need setcap libcap2-bin
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
