@@ -178,7 +178,11 @@ fn every_counter_equals_the_log_after_each_close_kind_and_promtool_accepts_it() 
     drop(http);
     wait_idle(status);
     // One client held open, so the next one is over --max-clients 1.
-    let mut held = PyPeer::start(port, &certs, &["--send", "hi", "--expect", "2", "--pause", "1", "--then", "close-notify"]);
+    let mut held = PyPeer::start(
+        port,
+        &certs,
+        &["--send", "hi", "--expect", "2", "--pause", "1", "--then", "close-notify"],
+    );
     held.wait_line("EXPECTED", secs(10.0));
     let mut refused = TcpStream::connect(daemon.addr()).unwrap();
     refused.set_read_timeout(Some(secs(5.0))).unwrap();
@@ -191,7 +195,8 @@ fn every_counter_equals_the_log_after_each_close_kind_and_promtool_accepts_it() 
     let metrics = scrape(status);
     let closed = daemon.closed();
     let kinds: Vec<String> = closed.iter().map(kind_label).collect();
-    for kind in ["clean", "truncated_by_client", "upstream_reset", "upstream_unreachable", "handshake_failed"] {
+    for kind in ["clean", "truncated_by_client", "upstream_reset", "upstream_unreachable", "handshake_failed"]
+    {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} close was provoked: {kinds:?}");
     }
     let mut by_kind: HashMap<String, u64> = HashMap::new();
@@ -340,7 +345,8 @@ fn health_turns_draining_before_an_upgrades_old_process_stops_accepting() {
     let certs = Certs::new();
     let pid_file = certs.dir().join("tlsrelay.pid");
     let _guard = PidFileGuard(pid_file.clone());
-    let daemon = Daemon::start(&certs, &["--status", "127.0.0.1:0", "--pid-file", pid_file.to_str().unwrap()]);
+    let daemon =
+        Daemon::start(&certs, &["--status", "127.0.0.1:0", "--pid-file", pid_file.to_str().unwrap()]);
     let status = status_addr(&daemon);
     let old = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
     let stop = Arc::new(AtomicBool::new(false));
@@ -446,7 +452,8 @@ fn status_subcommand_prints_version_uptime_connections_and_certificate_expiry() 
     tls.read_exact(&mut [0u8; 4]).unwrap();
     tls.shutdown().unwrap();
     f.daemon.wait_for_log(" closed: ", secs(10.0));
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsrelay")).args(["status", "--status", &status]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tlsrelay")).args(["status", "--status", &status]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.starts_with(&format!("tlsrelay {} (OpenSSL ", env!("CARGO_PKG_VERSION"))), "{text}");
@@ -493,13 +500,19 @@ fn an_expiring_certificate_is_warned_about_and_its_expiry_exported() {
     let daemon = Daemon::start(&certs, &["--cert", soon.to_str().unwrap(), "--status", "127.0.0.1:0"]);
     let status = status_addr(&daemon);
     let line = daemon.wait_for_log("expires on", secs(5.0));
-    assert!(line.contains("WARN") && line.contains(soon.to_str().unwrap()) && line.contains("CN=soon.example"), "{line}");
+    assert!(
+        line.contains("WARN") && line.contains(soon.to_str().unwrap()) && line.contains("CN=soon.example"),
+        "{line}"
+    );
     assert!(line.contains("in 9 days") || line.contains("in 10 days"), "{line}");
     let metrics = scrape(status);
     let series = "tlsrelay_certificate_expiry_timestamp_seconds{subject=\"CN=soon.example\",serial=\"1234\"}";
     let expires = sample(&metrics, series);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    assert!((now + 9 * 86_400..=now + 10 * 86_400 + 60).contains(&expires), "{series} = {expires}\n{metrics}");
+    assert!(
+        (now + 9 * 86_400..=now + 10 * 86_400 + 60).contains(&expires),
+        "{series} = {expires}\n{metrics}"
+    );
     // A reload to the long-lived certificate changes the gauge's labels and counts a success.
     std::fs::copy(certs.server_cert(), &soon).unwrap();
     daemon.signal(libc::SIGHUP);
