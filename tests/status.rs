@@ -310,6 +310,11 @@ fn with_stop_delay_health_turns_503_well_before_the_first_close_notify() {
         close_notify.saturating_duration_since(first_503)
     );
     assert!(polls.iter().take_while(|(at, _)| *at < first_503).all(|(_, s)| *s == Some(200)));
+    let after: Vec<_> = polls.iter().filter(|(at, _)| *at >= first_503).map(|(_, s)| *s).collect();
+    assert!(
+        after.iter().all(|s| *s == Some(503)),
+        "/health kept answering 503 during the closures: {after:?}"
+    );
     assert!(daemon.wait_exit(secs(10.0)).success());
 }
 
@@ -317,14 +322,21 @@ fn with_stop_delay_health_turns_503_well_before_the_first_close_notify() {
 fn a_second_signal_skips_the_stop_delay() {
     let _serial = serial();
     let certs = Certs::new();
-    let mut daemon = Daemon::start(&certs, &["--status", "127.0.0.1:0", "--stop-delay", "60"]);
+    let args = ["--status", "127.0.0.1:0", "--stop-delay", "60", "--close-timeout", "3"];
+    let mut daemon = Daemon::start(&certs, &args);
     let status = status_addr(&daemon);
+    // A client that never answers close_notify keeps the closure going for --close-timeout.
+    let silent = tls_connect(daemon.port(), &certs.ca());
     daemon.signal(libc::SIGTERM);
     daemon.wait_for_log("/health: 503 stopping", secs(5.0));
     assert_eq!(http_get(status, "/health"), Some((503, "stopping\n".into())));
     assert!(daemon.try_wait_exit(secs(0.5)).is_none(), "it waits for the delay");
     daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("stopping; closing 1 connections", secs(5.0));
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(http_get(status, "/health"), Some((503, "stopping\n".into())), "still answered while closing");
     assert!(daemon.wait_exit(secs(10.0)).success());
+    drop(silent);
 }
 
 /// Upgraded daemons are not our children: stop whatever the pid file names, even on panic.
@@ -481,8 +493,9 @@ fn an_expiring_certificate_is_warned_about_and_its_expiry_exported() {
         .arg(certs.server_key())
         .args(["-subj", "/CN=soon.example", "-out"])
         .arg(dir.join("soon.csr"))
-        .status()
+        .output()
         .unwrap()
+        .status
         .success()
         && Command::new("openssl")
             .args(["x509", "-req", "-days", "10", "-in"])
@@ -493,8 +506,9 @@ fn an_expiring_certificate_is_warned_about_and_its_expiry_exported() {
             .arg(dir.join("ca.key"))
             .args(["-set_serial", "0x1234", "-out"])
             .arg(&soon)
-            .status()
+            .output()
             .unwrap()
+            .status
             .success();
     assert!(ok, "openssl could not make the test certificate");
     let daemon = Daemon::start(&certs, &["--cert", soon.to_str().unwrap(), "--status", "127.0.0.1:0"]);

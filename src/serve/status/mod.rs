@@ -35,7 +35,7 @@ pub trait Source: Send + 'static {
     fn health(&self) -> Health;
 }
 
-/// Starts the status thread on `listener`; it returns once `stop_fd` turns readable.
+/// Starts the status thread on `listener`; `stop_fd` is the listeners' stop beacon.
 pub fn spawn(listener: TcpListener, source: Box<dyn Source>, stop_fd: RawFd) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name("status".into()).spawn(move || Endpoint::new(source).run(&listener, stop_fd))
 }
@@ -67,16 +67,19 @@ impl Endpoint {
         Endpoint { source, conns: Vec::new() }
     }
 
-    /// After the stop, the requests already read are still answered (within their
-    /// deadline): in an upgrade the new process answers the rest from the same socket.
+    /// `stop_fd` (the listeners' stop) ends the endpoint only when an upgrade handed over:
+    /// the new process answers from the same socket, and the requests already read here are
+    /// still answered (within their deadline). In a stop, the endpoint keeps answering
+    /// `503 stopping` until the process exits, so a balancer never sees a refused check.
     fn run(mut self, listener: &TcpListener, stop_fd: RawFd) {
-        let mut stopped = false;
+        let (mut handed_over, mut watch_stop) = (false, true);
         loop {
-            if stopped && self.conns.is_empty() {
+            if handed_over && self.conns.is_empty() {
                 return;
             }
             // poll(2) skips negative descriptors.
-            let (listen_fd, stop_fd) = if stopped { (-1, -1) } else { (listener.as_raw_fd(), stop_fd) };
+            let listen_fd = if handed_over { -1 } else { listener.as_raw_fd() };
+            let stop_fd = if watch_stop { stop_fd } else { -1 };
             let mut fds = vec![poll_fd(listen_fd, true), poll_fd(stop_fd, true)];
             fds.extend(self.conns.iter().map(|c| poll_fd(c.stream.as_raw_fd(), c.reply.is_empty())));
             let deadline = self.conns.iter().map(|c| c.deadline).min();
@@ -86,10 +89,12 @@ impl Endpoint {
                 continue;
             }
             if fds[1].revents != 0 {
-                stopped = true;
+                // The beacon stays lit: look at it once.
+                watch_stop = false;
+                handed_over = self.source.health() == Health::Draining;
             }
             self.serve_ready(&fds[2..]);
-            if fds[0].revents != 0 && !stopped {
+            if fds[0].revents != 0 && !handed_over {
                 self.accept_all(listener);
             }
         }
