@@ -263,13 +263,24 @@ mod tests {
         assert!(get(addr, b"GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
         assert!(get(addr, b"DELETE /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
         assert!(get(addr, b"\x16\x03\x01\x00\x05hello\r\n\r\n").starts_with("HTTP/1.1 400 "));
+        // A stop lights the listeners' beacon: /health goes on answering until the exit.
+        stop.light();
+        thread::sleep(Duration::from_millis(50));
+        assert!(get(addr, b"GET /health HTTP/1.1\r\n\r\n").ends_with("\r\n\r\nstopping\n"));
+        assert!(!handle.is_finished());
+    }
+
+    #[test]
+    fn after_an_upgrades_hand_over_the_endpoint_ends() {
+        let (_addr, health, stop, handle) = endpoint();
+        health.set(Health::Draining);
         stop.light();
         handle.join().unwrap();
     }
 
     #[test]
     fn silent_clients_are_dropped_for_new_ones_and_by_the_deadline() {
-        let (addr, _health, stop, handle) = endpoint();
+        let (addr, health, stop, handle) = endpoint();
         let silent: Vec<TcpStream> =
             (0..MAX_AT_ONCE + 5).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let started = Instant::now();
@@ -281,6 +292,7 @@ mod tests {
         let waited = Instant::now();
         assert!(matches!(last.read(&mut buf), Ok(0) | Err(_)), "a silent client is dropped");
         assert!(waited.elapsed() < REQUEST_DEADLINE + Duration::from_secs(1));
+        health.set(Health::Draining);
         stop.light();
         handle.join().unwrap();
     }
