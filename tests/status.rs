@@ -245,10 +245,18 @@ fn bytes_are_counted_while_they_are_relayed_not_when_the_connection_ends() {
     tls.write_all(&[7u8; 1000]).unwrap();
     let mut back = [0u8; 1000];
     tls.read_exact(&mut back).unwrap();
-    let metrics = scrape(status);
+    // The worker counts right after its write returns, which may be after we read the echo.
+    let deadline = Instant::now() + secs(5.0);
+    let metrics = loop {
+        let metrics = scrape(status);
+        if sample(&metrics, "tlsrelay_client_bytes_sent_total") == 1000 || Instant::now() > deadline {
+            break metrics;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(sample(&metrics, "tlsrelay_client_bytes_received_total"), 1000, "{metrics}");
     assert_eq!(sample(&metrics, "tlsrelay_client_bytes_sent_total"), 1000, "{metrics}");
-    assert_eq!(sample(&metrics, "tlsrelay_connections_active"), 1);
+    assert_eq!(sample(&metrics, "tlsrelay_connections_active"), 1, "the connection is still open");
     assert_eq!(sample(&metrics, "tlsrelay_threads{state=\"busy\"}"), 1);
 }
 
@@ -446,7 +454,8 @@ fn hostile_status_clients_neither_stop_relaying_nor_the_endpoint() {
     slow.join().unwrap();
     let (answered, sent) = flood.join().unwrap();
     assert_eq!(health, Some((200, "ok\n".into())), "the endpoint answers under attack");
-    assert!(sent >= 2000 && answered * 2 >= sent, "the flood: {answered} of {sent} answered");
+    // Paced at 1,000 a second; a loaded machine may fall behind, hence the margin.
+    assert!(sent >= 1500 && answered * 2 >= sent, "the flood: {answered} of {sent} answered");
     // Loose on purpose: a correctness check, not a benchmark (BENCH.md measures latency).
     assert!(slowest < secs(2.0), "a 16 KiB round trip took {slowest:?}");
     let metrics = scrape(status);

@@ -2,7 +2,9 @@
 //! then hands over to the listener threads and the supervisor until a stop has closed every
 //! connection. Its parts: listeners accept and hand each client to a worker thread (from the
 //! thread cache), which runs the handshake and then forward mode or the hub; the supervisor
-//! owns signals, reloads, upgrades, the stop and the joining of every thread.
+//! owns signals, reloads, upgrades, the stop and the joining of every thread. With --status,
+//! a thread of its own answers `/metrics` and `/health` from the tally's atomics (status/,
+//! metrics/), and the served certificate's expiry is watched (certificate.rs).
 
 mod certificate;
 mod event;
@@ -177,12 +179,13 @@ fn reload(config: &TlsConfig, settings: &Settings, watch: &Watch) {
         Ok(acceptor) => {
             watch.certificate.serving(&acceptor);
             *settings.acceptor.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acceptor);
-            info!("reloaded {} and {}", config.cert.display(), config.key.display());
+            // Counted before the line, so whoever reads the line finds the count.
             watch.tally.reloaded(true);
+            info!("reloaded {} and {}", config.cert.display(), config.key.display());
         }
         Err(err) => {
-            warn!("reload failed, keeping the old certificate: {err}");
             watch.tally.reloaded(false);
+            warn!("reload failed, keeping the old certificate: {err}");
         }
     }
 }

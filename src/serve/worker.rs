@@ -57,11 +57,12 @@ pub fn run(
     let started = Instant::now();
     handshake_memory::forget_earlier_errors();
     let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown, tally);
+    // Counted before the line: a scrape after the line has been read includes it.
+    tally.count(&kind);
     info!(
         "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    tally.count(&kind);
 }
 
 fn serve(
