@@ -546,3 +546,41 @@ fn an_expiring_certificate_is_warned_about_and_its_expiry_exported() {
     assert_eq!(sample(&metrics, "tlsrelay_reloads_total{result=\"success\"}"), 1);
     assert_eq!(daemon.count_log("expires on"), 1, "one warning, at start");
 }
+
+#[test]
+fn hub_metrics_count_clients_lines_and_per_ip_refusals() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let daemon = Daemon::start(&certs, &["--status", "127.0.0.1:0", "--max-clients-per-ip", "2"]);
+    let status = status_addr(&daemon);
+    let read_line = |tls: &mut SslStream<TcpStream>| {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\n") {
+            tls.ssl_read(&mut byte).unwrap();
+            line.push(byte[0]);
+        }
+        String::from_utf8(line).unwrap()
+    };
+    let mut alice = tls_connect(daemon.port(), &certs.ca());
+    assert!(read_line(&mut alice).starts_with("* welcome"));
+    let mut bob = tls_connect(daemon.port(), &certs.ca());
+    assert!(read_line(&mut bob).starts_with("* welcome"));
+    assert!(read_line(&mut alice).ends_with(" joined\n"));
+    alice.write_all(b"hello\n/who\n").unwrap();
+    assert!(read_line(&mut bob).ends_with("> hello\n"));
+    assert!(read_line(&mut alice).starts_with("* online: "));
+    // A third from the same address is over --max-clients-per-ip 2.
+    let mut third = TcpStream::connect(daemon.addr()).unwrap();
+    third.set_read_timeout(Some(secs(5.0))).unwrap();
+    assert!(matches!(third.read(&mut [0u8; 16]), Ok(0) | Err(_)));
+    daemon.wait_for_log("refused: max clients per ip", secs(5.0));
+
+    let metrics = scrape(status);
+    assert_eq!(sample(&metrics, "tlsrelay_hub_clients"), 2, "{metrics}");
+    assert_eq!(sample(&metrics, "tlsrelay_hub_lines_total"), 2, "{metrics}");
+    assert_eq!(sample(&metrics, "tlsrelay_hub_lines_dropped_total"), 0);
+    assert_eq!(sample(&metrics, "tlsrelay_connections_refused_total{reason=\"max_clients_per_ip\"}"), 1);
+    assert!(!metrics.contains("tlsrelay_upstream_connect_duration_seconds"), "no upstream in hub mode");
+    assert_promtool_accepts(&metrics);
+}
