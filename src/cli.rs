@@ -102,10 +102,14 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
 pub struct StatusArgs {
     /// The running daemon's --status address.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub status: SocketAddr,
+    pub status: Option<SocketAddr>,
+    /// Or its --pid-file: the address is read from that process's command line.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -30,7 +30,7 @@ fn main() {
             names: args.names,
             clients: args.clients,
         }),
-        Command::Status(args) => status::run(args.status),
+        Command::Status(args) => status::run(args.status, args.pid_file.as_deref()),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{describe_io, Error};
+use crate::serve::upgrade;
 use crate::tls::expiry::date_of;
 
 /// How long the whole exchange with the endpoint may take.
@@ -16,12 +18,47 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// One sample of the exposition: its labels and value.
 type Samples = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
 
-pub fn run(addr: SocketAddr) -> Result<(), Error> {
+pub fn run(addr: Option<SocketAddr>, pid_file: Option<&Path>) -> Result<(), Error> {
+    let addr = match (addr, pid_file) {
+        (Some(addr), _) => addr,
+        (None, Some(pid_file)) => address_of(pid_file)?,
+        (None, None) => return Err(Error::Usage("give --status ADDR:PORT or --pid-file FILE".into())),
+    };
     let metrics = get(addr, "/metrics")?;
     let health = get(addr, "/health")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     print!("{}", summary(addr, &parse(&metrics), health.trim(), now));
     Ok(())
+}
+
+/// The --status address on the command line of the process a pid file names.
+fn address_of(pid_file: &Path) -> Result<SocketAddr, Error> {
+    let pid = upgrade::read_pid(pid_file)?;
+    let cmdline = format!("/proc/{pid}/cmdline");
+    let raw = std::fs::read(&cmdline).map_err(|e| {
+        Error::file(pid_file, "find the process named in", format!("pid {pid}: {}", describe_io(&e)))
+    })?;
+    let what = "find --status on the command line of the process named in";
+    match status_flag(&raw) {
+        Some(addr) if addr.port() != 0 => Ok(addr),
+        Some(_) => Err(Error::file(
+            pid_file,
+            what,
+            format!("pid {pid} asked for port 0: pass --status ADDR:PORT from its log"),
+        )),
+        None => Err(Error::file(pid_file, what, format!("pid {pid}"))),
+    }
+}
+
+/// `--status ADDR` or `--status=ADDR` among NUL-separated arguments.
+fn status_flag(cmdline: &[u8]) -> Option<SocketAddr> {
+    let args: Vec<String> =
+        cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    args.iter().enumerate().find_map(|(i, arg)| match arg.strip_prefix("--status") {
+        Some("") => args.get(i + 1)?.parse().ok(),
+        Some(rest) => rest.strip_prefix('=')?.parse().ok(),
+        None => None,
+    })
 }
 
 /// The body of `GET path`, whatever the status (a 503 /health is an answer too).
@@ -198,6 +235,14 @@ tlsrelay_connections_closed_total{kind=\"write_stalled\"} 0
 tlsrelay_client_bytes_received_total 2048
 tlsrelay_certificate_expiry_timestamp_seconds{subject=\"CN=a \\\"b\\\"\",serial=\"0A\"} 864000
 ";
+
+    #[test]
+    fn the_status_address_is_found_on_a_command_line() {
+        let addr = Some("127.0.0.1:9443".parse().unwrap());
+        assert_eq!(status_flag(b"tlsrelay\0serve\0--status\0127.0.0.1:9443\0"), addr);
+        assert_eq!(status_flag(b"tlsrelay\0serve\0--status=127.0.0.1:9443\0"), addr);
+        assert_eq!(status_flag(b"tlsrelay\0serve\0--stop-delay\05\0"), None);
+    }
 
     #[test]
     fn the_summary_names_version_uptime_closes_and_expiry() {

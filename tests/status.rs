@@ -584,3 +584,22 @@ fn hub_metrics_count_clients_lines_and_per_ip_refusals() {
     assert!(!metrics.contains("tlsrelay_upstream_connect_duration_seconds"), "no upstream in hub mode");
     assert_promtool_accepts(&metrics);
 }
+
+#[test]
+fn status_subcommand_finds_the_endpoint_through_the_pid_file() {
+    let _serial = serial();
+    let certs = Certs::new();
+    let pid_file = certs.dir().join("tlsrelay.pid");
+    // A fixed port: the address is read back from the daemon's command line.
+    let port = closed_port().to_string();
+    let daemon = Daemon::start(&certs, &["--status", &port, "--pid-file", pid_file.to_str().unwrap()]);
+    assert_eq!(status_addr(&daemon).to_string(), port);
+    let summary = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
+        .args(["status", "--pid-file", pid_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(summary.status.success(), "{text}{}", String::from_utf8_lossy(&summary.stderr));
+    assert!(text.contains(&format!("at {port}: health ok")), "{text}");
+    assert!(text.contains("hub: 0 clients, 0 lines, 0 dropped"), "{text}");
+}

@@ -211,7 +211,7 @@ pub fn request(pid_file: &Path) -> Result<(), Error> {
     Err(Error::Upgrade(format!("no new process named in {} within 15 s", pid_file.display())))
 }
 
-fn read_pid(pid_file: &Path) -> Result<i32, Error> {
+pub fn read_pid(pid_file: &Path) -> Result<i32, Error> {
     let text = std::fs::read_to_string(pid_file)
         .map_err(|e| Error::file(pid_file, "read pid file", describe_io(&e)))?;
     text.trim().parse().map_err(|_| Error::file(pid_file, "read pid file", "no pid in it"))
