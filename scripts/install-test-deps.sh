@@ -22,6 +22,7 @@ if [ "${1:-test}" != build ]; then
     need prlimit util-linux
     need promtool prometheus
     need setcap libcap2-bin
+    need strace strace # the ignored stop-race tests of close_semantics.rs
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then

@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::tls_client;
 use common::upstream::{closed_port, echo, set_linger_zero};
 use common::{forward, run_to_exit, secs, Certs, Closed, Daemon, PyPeer};
-use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslStream};
+use openssl::ssl::SslStream;
 
 /// These tests time things: one at a time, so they do not share the two CPUs.
 static LOCK: Mutex<()> = Mutex::new(());
@@ -73,16 +74,9 @@ fn assert_promtool_accepts(metrics: &str) {
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{metrics}");
 }
 
-fn connector(ca: &Path) -> SslConnector {
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    builder.set_ca_file(ca).unwrap();
-    builder.build()
-}
-
 fn tls_connect(port: u16, ca: &Path) -> SslStream<TcpStream> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(secs(10.0))).unwrap();
-    connector(ca).connect("localhost", tcp).unwrap()
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tls_client::connect(addr, &tls_client::connector(ca, None, None), secs(10.0)).unwrap()
 }
 
 /// Waits until every connection has given back its slot (the `closed:` line comes first).
@@ -145,7 +139,8 @@ fn refused_in_log(daemon: &Daemon) -> u64 {
 fn every_counter_equals_the_log_after_each_close_kind_and_promtool_accepts_it() {
     let _serial = serial();
     let certs = Certs::new();
-    let upstream = closed_port();
+    let reserved = closed_port();
+    let upstream = reserved.addr();
     let target = upstream.to_string();
     let daemon = Daemon::start(
         &certs,
@@ -159,6 +154,7 @@ fn every_counter_equals_the_log_after_each_close_kind_and_promtool_accepts_it() 
     py(&["--send", "hello"]);
     daemon.wait_for_log_count(" closed: ", 1, secs(10.0));
     wait_idle(status);
+    drop(reserved);
     echo_or_reset_upstream(upstream);
     // A clean close, a truncation (FIN without close_notify), an upstream reset.
     for args in [
@@ -280,9 +276,9 @@ fn close_notify_time(mut tls: SslStream<TcpStream>) -> thread::JoinHandle<Option
     thread::spawn(move || {
         let mut buf = [0u8; 4096];
         loop {
-            match tls.ssl_read(&mut buf) {
+            match tls_client::read_some(&mut tls, &mut buf) {
                 Ok(_) => {}
-                Err(e) if e.code() == ErrorCode::ZERO_RETURN => return Some(Instant::now()),
+                Err(tls_client::End::Clean) => return Some(Instant::now()),
                 Err(_) => return None,
             }
         }
@@ -484,7 +480,8 @@ fn status_subcommand_prints_version_uptime_connections_and_certificate_expiry() 
     assert!(text.contains("certificate: CN=localhost (serial "), "{text}");
     assert!(text.lines().count() <= 24, "one screen: {text}");
 
-    let nobody = closed_port().to_string();
+    let nobody = closed_port();
+    let nobody = nobody.addr().to_string();
     let (code, err) = run_to_exit(&["status", "--status", &nobody], secs(10.0));
     assert_eq!(code.code(), Some(1));
     assert!(err.contains(&nobody) && err.contains("--status"), "{err}");
@@ -553,22 +550,14 @@ fn hub_metrics_count_clients_lines_and_per_ip_refusals() {
     let certs = Certs::new();
     let daemon = Daemon::start(&certs, &["--status", "127.0.0.1:0", "--max-clients-per-ip", "2"]);
     let status = status_addr(&daemon);
-    let read_line = |tls: &mut SslStream<TcpStream>| {
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while !line.ends_with(b"\n") {
-            tls.ssl_read(&mut byte).unwrap();
-            line.push(byte[0]);
-        }
-        String::from_utf8(line).unwrap()
-    };
+    let read_line = |tls: &mut SslStream<TcpStream>| tls_client::read_text_line(tls).unwrap();
     let mut alice = tls_connect(daemon.port(), &certs.ca());
     assert!(read_line(&mut alice).starts_with("* welcome"));
     let mut bob = tls_connect(daemon.port(), &certs.ca());
     assert!(read_line(&mut bob).starts_with("* welcome"));
-    assert!(read_line(&mut alice).ends_with(" joined\n"));
+    assert!(read_line(&mut alice).ends_with(" joined"));
     alice.write_all(b"hello\n/who\n").unwrap();
-    assert!(read_line(&mut bob).ends_with("> hello\n"));
+    assert!(read_line(&mut bob).ends_with("> hello"));
     assert!(read_line(&mut alice).starts_with("* online: "));
     // A third from the same address is over --max-clients-per-ip 2.
     let mut third = TcpStream::connect(daemon.addr()).unwrap();
@@ -591,7 +580,7 @@ fn status_subcommand_finds_the_endpoint_through_the_pid_file() {
     let certs = Certs::new();
     let pid_file = certs.dir().join("tlsrelay.pid");
     // A fixed port: the address is read back from the daemon's command line.
-    let port = closed_port().to_string();
+    let port = closed_port().addr().to_string();
     let daemon = Daemon::start(&certs, &["--status", &port, "--pid-file", pid_file.to_str().unwrap()]);
     assert_eq!(status_addr(&daemon).to_string(), port);
     let summary = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
