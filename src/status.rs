@@ -239,9 +239,9 @@ tlsrelay_certificate_expiry_timestamp_seconds{subject=\"CN=a \\\"b\\\"\",serial=
     #[test]
     fn the_status_address_is_found_on_a_command_line() {
         let addr = Some("127.0.0.1:9443".parse().unwrap());
-        assert_eq!(status_flag(b"tlsrelay\0serve\0--status\0127.0.0.1:9443\0"), addr);
+        assert_eq!(status_flag(b"tlsrelay\0serve\0--status\x00127.0.0.1:9443\0"), addr);
         assert_eq!(status_flag(b"tlsrelay\0serve\0--status=127.0.0.1:9443\0"), addr);
-        assert_eq!(status_flag(b"tlsrelay\0serve\0--stop-delay\05\0"), None);
+        assert_eq!(status_flag(b"tlsrelay\0serve\0--stop-delay\x005\0"), None);
     }
 
     #[test]
