@@ -20,6 +20,7 @@ if [ "${1:-test}" != build ]; then
     need openssl openssl
     need python3 python3
     need prlimit util-linux
+    need promtool prometheus
     need setcap libcap2-bin
     need strace strace # the ignored stop-race tests of close_semantics.rs
     # Clients whose APIs hide a bare reset or FIN (tests/unclean_end.rs).

@@ -28,6 +28,8 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Connect to a TLS server: stdin to TLS, TLS to stdout; tells a clean end from a truncated one.
     Connect(ConnectArgs),
+    /// Print a one-screen summary of a running daemon, read from its --status endpoint.
+    Status(StatusArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -90,6 +92,24 @@ pub struct ServeArgs {
     /// On upgrade, how long old connections may run on before their clean close.
     #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_seconds)]
     pub drain: Duration,
+    /// Plain-HTTP GET /metrics (Prometheus) and GET /health on this address (localhost or a
+    /// management network only).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub status: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT, /health turns 503 at once and the closures start this much later.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_seconds)]
+    pub stop_delay: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct StatusArgs {
+    /// The running daemon's --status address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub status: Option<SocketAddr>,
+    /// Or its --pid-file: the address is read from that process's command line.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

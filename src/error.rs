@@ -17,6 +17,8 @@ pub enum Error {
     Tls(openssl::error::ErrorStack),
     /// A requested upgrade did not happen (exit code 1), with the old process's reason.
     Upgrade(String),
+    /// `tlsrelay status` could not read the daemon's --status endpoint.
+    Status(String),
     /// Any other operating system failure.
     Io(io::Error),
 }
@@ -61,7 +63,7 @@ impl fmt::Display for Error {
                 "cannot listen on {addr}: {} (choose another --listen address or stop what uses it)",
                 describe_io(source)
             ),
-            Error::Usage(msg) | Error::Upgrade(msg) => write!(f, "{msg}"),
+            Error::Usage(msg) | Error::Upgrade(msg) | Error::Status(msg) => write!(f, "{msg}"),
             Error::Tls(stack) => write!(f, "TLS setup failed: {}", describe_ssl(stack)),
             Error::Io(err) => write!(f, "{}", describe_io(err)),
         }

@@ -10,6 +10,7 @@ mod forward;
 mod hub;
 mod logging;
 mod serve;
+mod status;
 mod stop;
 mod sys;
 mod tls;
@@ -35,6 +36,7 @@ fn main() {
             names: args.names,
             clients: args.clients,
         }),
+        Command::Status(args) => status::run(args.status, args.pid_file.as_deref()),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

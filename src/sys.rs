@@ -417,6 +417,21 @@ pub fn is_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
+/// poll(2) on any number of descriptors until one is ready or `deadline` passes (`None`:
+/// no deadline); EINTR counts as a wake-up. For the status endpoint's connection table.
+pub fn poll_fds(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
+    let timeout_ms = deadline.map_or(-1, millis_until);
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd records.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

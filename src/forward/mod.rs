@@ -5,6 +5,7 @@ mod pump;
 mod upstream;
 
 use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use log::warn;
 use openssl::ssl::SslStream;
@@ -16,15 +17,23 @@ use crate::tls::close::CloseKind;
 use pump::Relay;
 
 /// Connects the upstream and relays until the connection is closed: (how, bytes in, bytes out).
+/// `connected` hears how long a successful upstream connect took (the daemon's histogram).
 pub fn serve(
     id: u64,
     mut tls: SslStream<TcpStream>,
     config: &RelayConfig,
     shutdown: &Shutdown,
+    connected: impl FnOnce(Duration),
 ) -> (CloseKind, u64, u64) {
     let target = config.upstream.as_deref().expect("forward mode has an upstream");
+    let started = Instant::now();
     let upstream = match upstream::connect(target, config, shutdown) {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            if stream.is_some() {
+                connected(started.elapsed());
+            }
+            stream
+        }
         Err(reason) => {
             warn!("conn {id} upstream {target} unreachable: {reason}");
             // Not a clean close: an `internal_error` alert, then a reset (DESIGN §3).

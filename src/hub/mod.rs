@@ -7,6 +7,7 @@ pub mod lines;
 pub mod outbox;
 pub mod room;
 mod session;
+pub mod stats;
 
 use std::net::TcpStream;
 use std::sync::Arc;

@@ -45,6 +45,8 @@ impl State {
         let needed = line.len() + 1 + notice.as_ref().map_or(0, |n| n.len() + 1);
         if self.bytes.len() + needed > OUTBOX_LIMIT {
             self.dropped += 1;
+            // The process-wide count for /metrics, the same events as the notices count.
+            super::stats::DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return false;
         }
         if let Some(notice) = notice {

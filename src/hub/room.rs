@@ -1,6 +1,7 @@
 //! The hub thread: owns the nick table and fans lines out to every client's outbox (DESIGN §5).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -101,6 +102,11 @@ impl Hub {
         self.broadcast_except(id, &format!("* {nick} joined"));
         self.nicks.insert(nick.to_lowercase(), id);
         self.members.insert(id, Member { nick, outbox });
+        self.count_members();
+    }
+
+    fn count_members(&self) {
+        super::stats::CLIENTS.store(self.members.len() as u64, Ordering::Relaxed);
     }
 
     fn free_guest_nick(&mut self) -> String {
@@ -115,6 +121,7 @@ impl Hub {
 
     fn leave(&mut self, id: u64, reason: LeaveReason) {
         let Some(member) = self.members.remove(&id) else { return };
+        self.count_members();
         self.nicks.remove(&member.nick.to_lowercase());
         if reason != LeaveReason::Silent {
             self.broadcast_except(id, &format!("* {} left ({})", member.nick, reason.text()));
@@ -123,6 +130,7 @@ impl Hub {
 
     fn line(&mut self, id: u64, text: &str) {
         let Some(member) = self.members.get(&id) else { return };
+        super::stats::LINES.fetch_add(1, Ordering::Relaxed);
         member.outbox.line_handled();
         let nick = member.nick.clone();
         match text.strip_prefix('/') {

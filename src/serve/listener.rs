@@ -15,6 +15,7 @@ use log::{info, warn};
 
 use crate::error::describe_io;
 use crate::serve::supervisor::Connections;
+use crate::serve::tally::Refusal;
 use crate::serve::thread_cache::Job;
 use crate::serve::worker::{self, Settings};
 use crate::stop::Shutdown;
@@ -130,11 +131,13 @@ fn is_transient(err: &io::Error) -> bool {
 /// out of descriptors or threads.
 fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLogs) -> Pace {
     if shared.connections.open() >= shared.max_clients {
+        shared.connections.tally.refused(Refusal::MaxClients);
         logs.over_cap.note("");
         return Pace::GoOn;
     }
     if let Some(per_ip) = &shared.per_ip {
         if !per_ip.try_take(peer.ip()) {
+            shared.connections.tally.refused(Refusal::MaxClientsPerIp);
             logs.over_ip_cap.note(peer.ip());
             return Pace::GoOn;
         }
@@ -144,6 +147,7 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
     let reserved = match worker::reserve_descriptor(&tcp, &shared.settings) {
         Ok(reserved) => reserved,
         Err(err) => {
+            shared.connections.tally.refused(Refusal::Descriptors);
             logs.out_of_fds.note(describe_io(&err));
             return Pace::BackOff;
         }
@@ -160,6 +164,7 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
         Ok(()) => Pace::GoOn,
         Err(err) => {
             // The job (and with it the socket and the guard) was dropped.
+            shared.connections.tally.refused(Refusal::Threads);
             logs.no_thread.note(err);
             Pace::BackOff
         }

@@ -2,12 +2,17 @@
 //! then hands over to the listener threads and the supervisor until a stop has closed every
 //! connection. Its parts: listeners accept and hand each client to a worker thread (from the
 //! thread cache), which runs the handshake and then forward mode or the hub; the supervisor
-//! owns signals, reloads, upgrades, the stop and the joining of every thread.
+//! owns signals, reloads, upgrades, the stop and the joining of every thread. With --status,
+//! a thread of its own answers `/metrics` and `/health` from the tally's atomics (status/,
+//! metrics/), and the served certificate's expiry is watched (certificate.rs).
 
+mod certificate;
 mod event;
 mod listener;
 mod malloc;
+mod metrics;
 mod signals;
+mod status;
 mod supervisor;
 mod tally;
 mod thread_cache;
@@ -30,11 +35,16 @@ use crate::error::{describe_io, Error};
 use crate::stop::Shutdown;
 use crate::tls::acceptor;
 use crate::{hub, sys};
+use certificate::Certificate;
 use listener::{PerIp, Shared};
+use status::HealthState;
 use supervisor::{Connections, Control, Supervisor};
 use tally::Tally;
 use thread_cache::ThreadCache;
 use worker::Settings;
+
+/// Backlog of the --status socket: a scraper and a balancer or two.
+const STATUS_BACKLOG: i32 = 64;
 
 /// Descriptors kept back for listeners, pipes, logging and the upstream resolver.
 const RESERVED_FDS: u64 = 64;
@@ -42,6 +52,7 @@ const RESERVED_FDS: u64 = 64;
 /// Runs the daemon; returns once a requested stop (or an upgrade) has completed.
 pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     args.validate()?;
+    let started = std::time::SystemTime::now();
     // Resolved first: a package upgrade may replace the binary at any moment after start.
     let exe = upgrade::resolve_exe()?;
     // Before `upgrade::inherited`, which takes the handed-over descriptors out of the
@@ -50,10 +61,11 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     let inherited = upgrade::inherited(args.listen.len())?;
     let acceptor = acceptor::acceptor(&args.tls_config())?;
     let max_clients = capacity_checked(args.max_clients);
-    let (listeners, ready) = match inherited {
+    let (listeners, mut ready) = match inherited {
         Some(mut inherited) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
         None => (bind_all(&args)?, None),
     };
+    let status_socket = status_socket(&args, ready.as_mut().and_then(|r| r.status.take()))?;
     for socket in &listeners {
         sys::set_accepted_options(socket, args.keepalive)?;
     }
@@ -69,13 +81,19 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     }
     announce_listening(&listeners)?;
 
+    let certificate = Certificate::new(args.cert.clone());
+    certificate.serving(&acceptor);
+    certificate.check_daily();
+    let health = Arc::new(HealthState::new(status_socket.is_some()));
     let settings = Arc::new(settings(&args, acceptor)?);
-    let control = control(&args, &settings, &listeners, exe);
     let connections = Arc::new(Connections {
         active: Arc::new(AtomicUsize::new(0)),
         tally: Arc::new(Tally::default()),
         threads: Arc::new(ThreadCache::new(events_tx.clone())),
     });
+    let watch =
+        Watch { tally: connections.tally.clone(), certificate: certificate.clone(), health: health.clone() };
+    let control = control(&args, &settings, &listeners, status_socket.as_ref(), exe, watch);
     let shared = Arc::new(Shared {
         settings,
         shutdown: shutdown.clone(),
@@ -89,6 +107,10 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
         info!("upgrade: serving in place of the previous process");
     }
     let handles = start_listeners(listeners, &shared)?;
+    if let Some(socket) = status_socket {
+        let source = metrics::source::Daemon { shared: shared.clone(), health, certificate, started };
+        status::spawn(socket, Box::new(source), shutdown.accepting.fd())?;
+    }
     drop(shared);
     let supervisor = Supervisor::new((events_tx, events_rx), shutdown, handles, connections, control);
     let handed_over =
@@ -120,28 +142,64 @@ fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Set
     Ok(Settings { acceptor: RwLock::new(Arc::new(acceptor)), relay: args.relay_config(), hub })
 }
 
-/// Reload and upgrade: the listeners are handed over by descriptor number, which stays
-/// valid because the listener threads own them until we exit.
-fn control(args: &ServeArgs, settings: &Arc<Settings>, listeners: &[TcpListener], exe: PathBuf) -> Control {
+/// What a reload updates besides the acceptor, and what /health says.
+struct Watch {
+    tally: Arc<Tally>,
+    certificate: Arc<Certificate>,
+    health: Arc<HealthState>,
+}
+
+/// Reload and upgrade: the listeners (and the --status socket) are handed over by
+/// descriptor number, which stays valid because their threads own them until we exit.
+fn control(
+    args: &ServeArgs,
+    settings: &Arc<Settings>,
+    listeners: &[TcpListener],
+    status_socket: Option<&TcpListener>,
+    exe: PathBuf,
+    watch: Watch,
+) -> Control {
     let fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
     let (tls_config, reload_settings) = (args.tls_config(), settings.clone());
+    let health = watch.health.clone();
     Control {
-        reload: Box::new(move || reload(&tls_config, &reload_settings)),
-        upgrade: upgrade::Plan::new(exe, fds),
+        reload: Box::new(move || reload(&tls_config, &reload_settings, &watch)),
+        upgrade: upgrade::Plan::new(exe, fds, status_socket.map(|s| s.as_raw_fd())),
         pid_file: args.pid_file.clone(),
         drain: args.drain,
+        health,
+        stop_delay: args.stop_delay,
     }
 }
 
 /// New handshakes use the new files; a broken file keeps the old certificate.
-fn reload(config: &TlsConfig, settings: &Settings) {
+fn reload(config: &TlsConfig, settings: &Settings, watch: &Watch) {
     match acceptor::acceptor(config) {
         Ok(acceptor) => {
+            watch.certificate.serving(&acceptor);
             *settings.acceptor.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acceptor);
+            // Counted before the line, so whoever reads the line finds the count.
+            watch.tally.reloaded(true);
             info!("reloaded {} and {}", config.cert.display(), config.key.display());
         }
-        Err(err) => warn!("reload failed, keeping the old certificate: {err}"),
+        Err(err) => {
+            watch.tally.reloaded(false);
+            warn!("reload failed, keeping the old certificate: {err}");
+        }
     }
+}
+
+/// The --status socket: handed over by the previous process in an upgrade, or bound now.
+fn status_socket(args: &ServeArgs, inherited: Option<TcpListener>) -> Result<Option<TcpListener>, Error> {
+    let Some(addr) = args.status else { return Ok(None) };
+    let socket = match inherited {
+        Some(socket) => socket,
+        None => sys::bind_listener(addr, STATUS_BACKLOG)
+            .map_err(|source| Error::Bind { addr: format!("{addr} (--status)"), source })?,
+    };
+    // Logged before the `listening on` lines, so a script that waits for those finds it.
+    info!("status endpoint on http://{}/metrics and /health", socket.local_addr()?);
+    Ok(Some(socket))
 }
 
 /// Prints the `listening on ADDR` lines scripts wait for, whatever `RUST_LOG` says, each in

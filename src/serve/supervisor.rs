@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{info, warn};
 
 use crate::serve::event::Event;
+use crate::serve::status::{Health, HealthState};
 use crate::serve::tally::{stop_summary, Counts, Tally};
 use crate::serve::thread_cache::ThreadCache;
 use crate::serve::upgrade;
@@ -23,6 +24,10 @@ pub struct Control {
     pub upgrade: upgrade::Plan,
     pub pid_file: Option<PathBuf>,
     pub drain: Duration,
+    /// What /health says; turned by a stop or an upgrade before anything else happens.
+    pub health: Arc<HealthState>,
+    /// --stop-delay: between a stop signal (health turned) and the closures.
+    pub stop_delay: Duration,
 }
 
 /// What the supervisor sees of the connections: how many are open, how they ended, and
@@ -55,6 +60,8 @@ pub struct Supervisor {
     upgrading: bool,
     /// After a successful upgrade: when our connections get their clean close.
     drain_until: Option<Instant>,
+    /// A stop signal came with --stop-delay: when the stop begins.
+    stop_at: Option<Instant>,
     /// Whether the pid file names our successor now (so we must not remove it).
     pub handed_over: bool,
 }
@@ -72,6 +79,7 @@ impl Supervisor {
             events_tx,
             upgrading: false,
             drain_until: None,
+            stop_at: None,
             handed_over: false,
             events,
             shutdown,
@@ -108,12 +116,13 @@ impl Supervisor {
     }
 
     fn handle_next(&mut self) {
-        let received = match self.drain_until {
+        let received = match self.stop_at.or(self.drain_until) {
             Some(at) => self.events.recv_deadline(at),
             None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match received {
             Ok(event) => self.handle(event),
+            Err(RecvTimeoutError::Timeout) if self.stop_at.is_some() => self.stop_now(),
             Err(RecvTimeoutError::Timeout) => self.end_drain(),
             Err(RecvTimeoutError::Disconnected) => {
                 warn!("supervisor: event channel closed");
@@ -152,17 +161,19 @@ impl Supervisor {
     }
 
     fn on_upgrade_requested(&mut self) {
-        if self.upgrading || self.stopping || self.drain_until.is_some() {
+        if self.upgrading || self.stopping || self.drain_until.is_some() || self.stop_at.is_some() {
             warn!("SIGUSR2 ignored: an upgrade or a stop is already under way");
             return;
         }
         info!("SIGUSR2: upgrading: starting {}", self.control.upgrade.exe.display());
+        self.control.health.set(Health::Draining);
         self.upgrading = true;
         upgrade::start(&self.control.upgrade, self.events_tx.clone());
     }
 
     fn on_upgrade_ready(&mut self, pid: u32) {
         self.upgrading = false;
+        self.connections.tally.upgraded(true);
         info!(
             "upgrade: pid {pid} is serving; closing our {} connections after {:.1} s",
             self.connections.open(),
@@ -188,10 +199,21 @@ impl Supervisor {
 
     fn on_upgrade_failed(&mut self, reason: &str) {
         self.upgrading = false;
+        self.connections.tally.upgraded(false);
+        if self.stop_at.is_none() {
+            self.control.health.set(Health::Accepting);
+        }
         warn!("upgrade failed: {reason}; still serving");
         if let Some(path) = &self.control.pid_file {
             let _ = std::fs::write(upgrade::status_path(path), format!("{reason}\n"));
         }
+    }
+
+    /// The graceful stop of DESIGN §3, after --stop-delay or a second signal.
+    fn stop_now(&mut self) {
+        self.stop_at = None;
+        self.begin_stop();
+        self.shutdown.stop();
     }
 
     fn begin_stop(&mut self) {
@@ -201,10 +223,14 @@ impl Supervisor {
 
     fn on_stop_requested(&mut self, signal: &str) {
         self.drain_until = None;
-        if !self.stopping {
+        self.control.health.set(Health::Stopping);
+        let delay = self.control.stop_delay;
+        if !self.stopping && self.stop_at.is_none() && !delay.is_zero() {
+            info!("{signal}: stopping in {:.1} s; /health answers 503 meanwhile", delay.as_secs_f64());
+            self.stop_at = Some(Instant::now() + delay);
+        } else if !self.stopping {
             info!("{signal}: stopping; closing {} connections cleanly", self.connections.open());
-            self.begin_stop();
-            self.shutdown.stop();
+            self.stop_now();
         } else {
             info!("{signal} again: fast stop");
             self.shutdown.fast.light();

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,6 +40,8 @@ pub struct ThreadCache {
     parking: Mutex<Parking>,
     /// Signalled when a job is handed over and when the cache closes.
     wake: Condvar,
+    /// Threads serving a client now, for `/metrics` (one relaxed add and sub per client).
+    busy: AtomicUsize,
     events: Sender<Event>,
 }
 
@@ -55,7 +58,12 @@ struct Parking {
 
 impl ThreadCache {
     pub fn new(events: Sender<Event>) -> Self {
-        ThreadCache { parking: Mutex::new(Parking::default()), wake: Condvar::new(), events }
+        ThreadCache {
+            parking: Mutex::new(Parking::default()),
+            wake: Condvar::new(),
+            busy: AtomicUsize::new(0),
+            events,
+        }
     }
 
     /// Runs `job` on a parked thread if one is waiting, or else on a new thread, which is
@@ -82,6 +90,11 @@ impl ThreadCache {
     }
 
     /// No more clients: parked threads exit now, busy ones once their client is done.
+    /// Threads (serving a client, parked): read at scrape time, off the workers' path.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.busy.load(Ordering::Relaxed), self.lock().parked)
+    }
+
     pub fn close(&self) {
         self.lock().closed = true;
         self.wake.notify_all();
@@ -93,7 +106,9 @@ impl ThreadCache {
         let _exit = ExitNotice { events: &self.events };
         let mut work = first;
         loop {
+            self.busy.fetch_add(1, Ordering::Relaxed);
             work();
+            self.busy.fetch_sub(1, Ordering::Relaxed);
             match self.park() {
                 Some(job) => {
                     // What `ps -L` and `top -H` show; a panic message still names the

@@ -18,6 +18,8 @@ use crate::sys::{self, Wake};
 
 /// Environment variable naming the inherited listening descriptors, in --listen order.
 const LISTEN_FDS_VAR: &str = "TLSRELAY_LISTEN_FDS";
+/// Environment variable naming the --status listening descriptor, when there is one.
+const STATUS_FD_VAR: &str = "TLSRELAY_STATUS_FD";
 /// Environment variable naming the descriptor the child writes its ready word to.
 const READY_FD_VAR: &str = "TLSRELAY_READY_FD";
 /// What the child writes once it can serve.
@@ -31,11 +33,13 @@ pub struct Plan {
     pub exe: PathBuf,
     pub args: Vec<OsString>,
     pub listen_fds: Vec<RawFd>,
+    /// The --status socket, handed over too: the new process cannot bind it while we hold it.
+    pub status_fd: Option<RawFd>,
 }
 
 impl Plan {
-    pub fn new(exe: PathBuf, listen_fds: Vec<RawFd>) -> Plan {
-        Plan { exe, args: std::env::args_os().skip(1).collect(), listen_fds }
+    pub fn new(exe: PathBuf, listen_fds: Vec<RawFd>, status_fd: Option<RawFd>) -> Plan {
+        Plan { exe, args: std::env::args_os().skip(1).collect(), listen_fds, status_fd }
     }
 }
 
@@ -73,6 +77,10 @@ fn run_child(plan: &Plan) -> Result<u32, String> {
         .args(&plan.args)
         .env(LISTEN_FDS_VAR, fds_list.join(","))
         .env(READY_FD_VAR, ready_write.as_raw_fd().to_string());
+    if let Some(fd) = plan.status_fd {
+        inherit.push(fd);
+        command.env(STATUS_FD_VAR, fd.to_string());
+    }
     // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it clears
     // close-on-exec on exactly the descriptors we hand over, in the child only.
     unsafe {
@@ -126,6 +134,8 @@ fn child_gone(child: &mut Child) -> String {
 /// In the child: the listeners and ready pipe our parent handed over, if it did.
 pub struct Inherited {
     pub listeners: Vec<TcpListener>,
+    /// The --status socket, when the parent had one.
+    pub status: Option<TcpListener>,
     ready: OwnedFd,
 }
 
@@ -148,10 +158,19 @@ pub fn inherited(expected: usize) -> Result<Option<Inherited>, Error> {
     if listeners.len() != expected {
         return Err(bad("a listener count that differs from --listen"));
     }
+    let status = match std::env::var_os(STATUS_FD_VAR) {
+        Some(fd) => {
+            std::env::remove_var(STATUS_FD_VAR);
+            let fd: RawFd =
+                fd.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| bad("bad status descriptor"))?;
+            Some(sys::adopt_listener(fd).map_err(|e| bad(&format!("status descriptor {fd}: {e}")))?)
+        }
+        None => None,
+    };
     sys::set_cloexec(ready).map_err(|e| bad(&format!("ready descriptor {ready}: {e}")))?;
     // SAFETY: the parent handed this descriptor to us alone; nothing else in this process owns it.
     let ready = unsafe { OwnedFd::from_raw_fd(ready) };
-    Ok(Some(Inherited { listeners, ready }))
+    Ok(Some(Inherited { listeners, status, ready }))
 }
 
 impl Inherited {
@@ -192,7 +211,7 @@ pub fn request(pid_file: &Path) -> Result<(), Error> {
     Err(Error::Upgrade(format!("no new process named in {} within 15 s", pid_file.display())))
 }
 
-fn read_pid(pid_file: &Path) -> Result<i32, Error> {
+pub fn read_pid(pid_file: &Path) -> Result<i32, Error> {
     let text = std::fs::read_to_string(pid_file)
         .map_err(|e| Error::file(pid_file, "read pid file", describe_io(&e)))?;
     text.trim().parse().map_err(|_| Error::file(pid_file, "read pid file", "no pid in it"))

@@ -56,12 +56,13 @@ pub fn run(
 ) {
     let started = Instant::now();
     handshake_memory::forget_earlier_errors();
-    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown);
+    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown, tally);
+    // Counted before the line: a scrape after the line has been read includes it.
+    tally.count(&kind);
     info!(
         "conn {id} closed: {kind}, in {bytes_in} B, out {bytes_out} B, {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    tally.count(&kind);
 }
 
 fn serve(
@@ -71,10 +72,11 @@ fn serve(
     reserved: Reserved,
     settings: &Settings,
     shutdown: &Shutdown,
+    tally: &Tally,
 ) -> (CloseKind, u64, u64) {
     // The socket comes non-blocking from sys::accept, with TCP_NODELAY and keepalive
     // inherited from the listening socket (sys::set_accepted_options).
-    let tls = match handshake(tcp, settings, shutdown) {
+    let tls = match handshake(tcp, settings, shutdown, tally) {
         Ok(tls) => tls,
         Err(kind) => {
             // The operator's one line with the peer address and the reason.
@@ -93,7 +95,8 @@ fn serve(
         }
         Reserved::Spare(spare) => {
             drop(spare); // its descriptor number is for the upstream socket now
-            forward::serve(id, tls, &settings.relay, shutdown)
+            let connected = |took| tally.upstream_connect_duration.observe(took);
+            forward::serve(id, tls, &settings.relay, shutdown, connected)
         }
     }
 }
@@ -103,8 +106,13 @@ fn handshake(
     tcp: TcpStream,
     settings: &Settings,
     shutdown: &Shutdown,
+    tally: &Tally,
 ) -> Result<SslStream<TcpStream>, CloseKind> {
-    let deadline = Instant::now() + settings.relay.handshake_timeout;
+    let started = Instant::now();
+    let deadline = started + settings.relay.handshake_timeout;
     let acceptor = settings.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
-    handshake::accept(&acceptor, tcp, deadline, &[shutdown.handshakes.fd(), shutdown.fast.fd()])
+    let tls = handshake::accept(&acceptor, tcp, deadline, &[shutdown.handshakes.fd(), shutdown.fast.fd()])?;
+    // A clock read through the vDSO, not a system call.
+    tally.handshake_took(started.elapsed());
+    Ok(tls)
 }

@@ -6,6 +6,7 @@ pub mod abort;
 pub mod acceptor;
 pub mod certgen;
 pub mod close;
+pub mod expiry;
 pub mod handshake;
 pub mod handshake_memory;
 pub mod side;

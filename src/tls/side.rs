@@ -5,6 +5,7 @@
 use std::mem::MaybeUninit;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use openssl::ssl::{self, SslStream, SslVersion};
 
@@ -12,6 +13,12 @@ use crate::buffer::Buffer;
 use crate::sys::{PollSet, Slot};
 use crate::tls::abort;
 use crate::tls::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus, Want};
+
+/// Plaintext bytes every `TlsSide` of the process has received, counted as they are read
+/// (`tlsrelay_client_bytes_received_total`): one relaxed add per read, no lock, no system call.
+pub static BYTES_RECEIVED: AtomicU64 = AtomicU64::new(0);
+/// Plaintext bytes every `TlsSide` of the process has sent, counted as they are written.
+pub static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
 
 pub struct TlsSide {
     stream: SslStream<TcpStream>,
@@ -106,6 +113,7 @@ impl TlsSide {
         match result {
             Ok(n) => {
                 self.bytes_in += n as u64;
+                BYTES_RECEIVED.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(n)
             }
             Err(err) => {
@@ -124,6 +132,7 @@ impl TlsSide {
             Ok(n) => {
                 self.write_in_progress = false;
                 self.bytes_out += n as u64;
+                BYTES_SENT.fetch_add(n as u64, Ordering::Relaxed);
                 Ok(n)
             }
             Err(err) => {
