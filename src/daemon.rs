@@ -154,7 +154,7 @@ fn bind_all(args: &ServeArgs) -> Result<Vec<TcpListener>, Error> {
     args.listen
         .iter()
         .map(|addr| {
-            sys::bind_listener(*addr, args.backlog)
+            sys::bind_listener(*addr, args.backlog, args.reuse_port)
                 .map_err(|source| Error::Bind { addr: addr.to_string(), source })
         })
         .collect()

@@ -3,6 +3,7 @@
 
 mod buffer;
 mod certgen;
+mod cidr;
 mod cli;
 mod client;
 mod close;
@@ -13,6 +14,8 @@ mod lines;
 mod listener;
 mod malloc;
 mod outbox;
+mod proxy_accept;
+mod proxy_header;
 mod pump;
 mod session;
 mod stop;
@@ -23,6 +26,7 @@ mod thread_memory;
 mod tls;
 mod tls_side;
 mod upgrade;
+mod upstream_addr;
 mod worker;
 
 use clap::Parser;
