@@ -267,7 +267,7 @@ def start_tlsrelay(env, d, port, bport, extra_env=None):
 
 def start_tlsrelay_glibc_tcache(env, d, port, bport):
     """tlsrelay unchanged, with glibc's default per-thread malloc cache (7 blocks a size)
-    instead of the one block it sets for itself (src/malloc.rs)."""
+    instead of the one block it sets for itself (src/serve/malloc.rs)."""
     return start_tlsrelay(env, d, port, bport, extra_env={"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7"})
 
 

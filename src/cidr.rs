@@ -18,7 +18,9 @@ impl Cidr {
             v4 => v4,
         };
         match (self.net, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(u32::from(net).into(), u32::from(ip).into(), self.bits, 32),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(u32::from(net).into(), u32::from(ip).into(), self.bits, 32)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(u128::from(net), u128::from(ip), self.bits, 128),
             _ => false,
         }
@@ -35,7 +37,8 @@ impl FromStr for Cidr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let expected = || format!("'{text}' is not an address range (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)");
+        let expected =
+            || format!("'{text}' is not an address range (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)");
         let (addr, bits) = match text.split_once('/') {
             Some((addr, bits)) => (addr, Some(bits)),
             None => (text, None),

@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2), parsed by clap and turned into a validated `ServeConfig`.
+//! The command line (DESIGN §2): clap definitions, and the validated configuration (`config.rs`) they turn into.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::cidr::Cidr;
+use crate::config::{ClientEof, ProxyVersion, RelayConfig, TlsConfig, TlsVersion};
 use crate::error::Error;
-use crate::proxy_header::ProxyVersion;
 use crate::upstream_addr::UpstreamAddr;
 
 #[derive(Parser, Debug)]
@@ -262,23 +262,6 @@ impl fmt::Display for Pin {
     }
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    #[value(name = "1.2")]
-    V1_2,
-    #[value(name = "1.3")]
-    V1_3,
-}
-
-/// What a client's unclean end (EOF without close_notify, reset) becomes upstream.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientEof {
-    /// An abortive close (RST): the upstream learns the stream was cut.
-    Reset,
-    /// A plain FIN, for upstreams that treat any end as a request to finish.
-    Fin,
-}
-
 /// Where the listener binds when no --listen is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 
@@ -307,6 +290,34 @@ impl ServeArgs {
             return Err(Error::Usage(format!("--alpn: '{bad}' is not a protocol name (1-255 bytes)")));
         }
         Ok(())
+    }
+
+    /// The TLS files and policy, for the acceptor (built at start and on every reload).
+    pub fn tls_config(&self) -> TlsConfig {
+        TlsConfig {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            tls_min: self.tls_min,
+            client_ca: self.client_ca.clone(),
+            allow_cn: self.allow_cn.clone(),
+            allow_san: self.allow_san.clone(),
+            alpn: self.alpn.clone(),
+        }
+    }
+
+    /// What every connection's worker and pump read.
+    pub fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            upstream: self.upstream.clone(),
+            proxy_protocol: self.proxy_protocol,
+            accept_proxy: self.accept_proxy.clone(),
+            connect_timeout: self.connect_timeout,
+            close_timeout: self.close_timeout,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            keepalive: self.keepalive,
+            client_eof: self.client_eof,
+        }
     }
 }
 

@@ -2,32 +2,18 @@
 //! line, starts logging, runs the subcommand and is the only place that picks an exit code.
 
 mod buffer;
-mod certgen;
 mod cidr;
 mod cli;
 mod client;
-mod close;
-mod daemon;
+mod config;
 mod error;
+mod forward;
 mod hub;
-mod lines;
-mod listener;
-mod malloc;
-mod outbox;
-mod proxy_accept;
-mod proxy_header;
-mod pump;
-mod session;
+mod serve;
 mod stop;
-mod supervisor;
 mod sys;
-mod thread_cache;
-mod thread_memory;
 mod tls;
-mod tls_side;
-mod upgrade;
 mod upstream_addr;
-mod worker;
 
 use clap::Parser;
 
@@ -38,11 +24,13 @@ fn main() {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
-        Command::Serve(args) => daemon::serve(args),
-        Command::Upgrade(args) => upgrade::request(&args.pid_file),
-        Command::GenCert(args) => {
-            certgen::run(&certgen::Options { out: args.out, names: args.names, clients: args.clients })
-        }
+        Command::Serve(args) => serve::serve(args),
+        Command::Upgrade(args) => serve::upgrade::request(&args.pid_file),
+        Command::GenCert(args) => tls::certgen::run(&tls::certgen::Options {
+            out: args.out,
+            names: args.names,
+            clients: args.clients,
+        }),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

@@ -16,12 +16,6 @@ pub enum UpstreamAddr {
     Abstract(Vec<u8>),
 }
 
-impl UpstreamAddr {
-    pub fn is_unix(&self) -> bool {
-        !matches!(self, UpstreamAddr::Tcp(_))
-    }
-}
-
 /// The longest socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
 const MAX_UNIX_PATH: usize = 107;
 

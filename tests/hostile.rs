@@ -488,7 +488,7 @@ fn many_short_connections_leak_no_threads_or_descriptors() {
         let ok = eventually(secs(15.0), || f.daemon.count_log(" closed: ") >= n);
         assert!(ok, "{n} connections, {} closed", f.daemon.count_log(" closed: "));
         // A worker whose client is gone waits parked for the next one, 5 s at most
-        // (src/thread_cache.rs); after that only the daemon's own threads remain.
+        // (src/serve/thread_cache.rs); after that only the daemon's own threads remain.
         thread::sleep(secs(6.0));
         (settled(|| threads(pid)), settled(|| open_fds(pid)))
     };

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 // The framer has no dependencies, so the fuzz crate compiles the source file itself.
-#[path = "../../src/lines.rs"]
+#[path = "../../src/hub/lines.rs"]
 #[allow(dead_code)]
 mod lines;
 

@@ -12,9 +12,9 @@ use openssl::ssl::{ErrorCode, SslStream};
 
 use super::connector::{Connector, Seen};
 use crate::cli::Target;
-use crate::close::{classify, handshake_reason, TlsStatus, Want};
 use crate::error::describe_io;
 use crate::sys::{self, Wake};
+use crate::tls::close::{classify, handshake_reason, TlsStatus, Want};
 
 /// How long the TCP connect may take, over all addresses of the name.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,10 +10,10 @@ use openssl::ssl::SslStream;
 use super::closing::LastLine;
 use super::console::Console;
 use super::Interrupt;
-use crate::close::{TlsEnd, TlsStatus};
 use crate::error::describe_io;
 use crate::sys::PollSet;
-use crate::tls_side::TlsSide;
+use crate::tls::close::{TlsEnd, TlsStatus};
+use crate::tls::side::TlsSide;
 
 /// Plaintext read from the server at once: one full TLS record.
 const READ_SIZE: usize = 16 * 1024;

@@ -51,7 +51,9 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::Bad(reason) => f.write_str(reason),
-            Refused::Timeout(got) => write!(f, "no complete PROXY header within the handshake timeout ({got} B)"),
+            Refused::Timeout(got) => {
+                write!(f, "no complete PROXY header within the handshake timeout ({got} B)")
+            }
             Refused::Closed(got) => write!(f, "closed before its PROXY header was complete ({got} B)"),
             Refused::Stop => f.write_str("stopping"),
         }
@@ -92,7 +94,8 @@ pub fn starts_with_header(stream: &TcpStream, deadline: Instant, stops: &[RawFd]
     let mut first = [0u8; 12];
     let n = sys::peek(stream, &mut first).unwrap_or(0);
     let first = &first[..n];
-    Ok(n > 0 && (V1_PREFIX.starts_with(first) || first.starts_with(V1_PREFIX) || V2_SIGNATURE.starts_with(first)))
+    Ok(n > 0
+        && (V1_PREFIX.starts_with(first) || first.starts_with(V1_PREFIX) || V2_SIGNATURE.starts_with(first)))
 }
 
 fn wait_readable(stream: &TcpStream, got: usize, deadline: Instant, stops: &[RawFd]) -> Result<(), Refused> {
@@ -158,7 +161,9 @@ fn scan_v1(bytes: &[u8]) -> Scan {
     match window.iter().position(|&b| b == b'\n') {
         Some(at) if at > 0 && window[at - 1] == b'\r' => Scan::Complete(at + 1),
         Some(_) => Scan::Bad("PROXY v1 line ends without CRLF".into()),
-        None if bytes.len() >= MAX_V1 => Scan::Bad(format!("PROXY v1 line has no CRLF in its first {MAX_V1} B")),
+        None if bytes.len() >= MAX_V1 => {
+            Scan::Bad(format!("PROXY v1 line has no CRLF in its first {MAX_V1} B"))
+        }
         None => Scan::NeedMore,
     }
 }
@@ -167,8 +172,18 @@ fn scan_v1(bytes: &[u8]) -> Scan {
 fn interpret(header: &[u8]) -> Result<Origin, Refused> {
     match HeaderResult::parse(header) {
         HeaderResult::V1(Ok(v1)) => Ok(match v1.addresses {
-            ppp::v1::Addresses::Tcp4(a) => relayed(a.source_address.into(), a.source_port, a.destination_address.into(), a.destination_port),
-            ppp::v1::Addresses::Tcp6(a) => relayed(a.source_address.into(), a.source_port, a.destination_address.into(), a.destination_port),
+            ppp::v1::Addresses::Tcp4(a) => relayed(
+                a.source_address.into(),
+                a.source_port,
+                a.destination_address.into(),
+                a.destination_port,
+            ),
+            ppp::v1::Addresses::Tcp6(a) => relayed(
+                a.source_address.into(),
+                a.source_port,
+                a.destination_address.into(),
+                a.destination_port,
+            ),
             ppp::v1::Addresses::Unknown => Origin::Direct("PROXY UNKNOWN"),
         }),
         HeaderResult::V2(Ok(v2)) => Ok(interpret_v2(&v2)),
@@ -269,7 +284,8 @@ mod tests {
         assert_eq!(interpret(&local_with_addresses).unwrap(), Origin::Direct("LOCAL"));
         let unspec = v2_header(1, 0x00, &[9, 9, 9]);
         assert_eq!(interpret(&unspec).unwrap(), Origin::Direct("PROXY v2 UNSPEC"));
-        let v6 = [[0x20, 1, 0xd, 0xb8].as_slice(), &[0; 11], &[7], &[0; 15], &[1], &[0xc7, 0x38, 1, 0xbb]].concat();
+        let v6 = [[0x20, 1, 0xd, 0xb8].as_slice(), &[0; 11], &[7], &[0; 15], &[1], &[0xc7, 0x38, 1, 0xbb]]
+            .concat();
         let Origin::Relayed { source, .. } = interpret(&v2_header(1, 0x21, &v6)).unwrap() else {
             panic!("not relayed")
         };

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{AlpnError, SslAcceptor, SslAcceptorBuilder, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509Ref, X509VerifyResult, X509};
 
-use crate::cli::{ServeArgs, TlsVersion};
+use crate::config::{TlsConfig, TlsVersion};
 use crate::error::{describe_io, describe_ssl, Error};
 
 /// What to tell an operator whose certificate files are missing or broken.
@@ -17,9 +17,9 @@ const CERT_HINT: &str = "run `make certs` or pass --cert/--key";
 
 /// Builds the acceptor: Mozilla intermediate profile, the given minimum version,
 /// certificate chain and key checked against each other, optional client CA.
-pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
+pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptor, Error> {
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
-    let min = match args.tls_min {
+    let min = match config.tls_min {
         TlsVersion::V1_2 => SslVersion::TLS1_2,
         TlsVersion::V1_3 => SslVersion::TLS1_3,
     };
@@ -33,9 +33,10 @@ pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
     // WANT_READ (TlsSide), and a read paused by backpressure resumes when there is room, not
     // when the socket becomes readable (tests/records.rs).
     builder.set_read_ahead(true);
+    offer_alpn(&mut builder, &config.alpn);
 
-    let chain = read_chain(&args.cert)?;
-    let key = read_key(&args.key)?;
+    let chain = read_chain(&config.cert)?;
+    let key = read_key(&config.key)?;
     let (leaf, intermediates) = chain.split_first().expect("read_chain returns at least one");
     builder.set_certificate(leaf)?;
     for cert in intermediates {
@@ -43,16 +44,16 @@ pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
     }
     builder.set_private_key(&key)?;
     builder.check_private_key().map_err(|_| {
-        Error::file_with_hint(&args.key, "use key", "it does not match the certificate", CERT_HINT)
+        Error::file_with_hint(&config.key, "use key", "it does not match the certificate", CERT_HINT)
     })?;
 
-    if let Some(ca_path) = &args.client_ca {
+    if let Some(ca_path) = &config.client_ca {
         let mut store = X509StoreBuilder::new()?;
         for ca in read_certs(ca_path, "read client CA")? {
             store.add_cert(ca)?;
         }
         builder.set_verify_cert_store(store.build())?;
-        let allowed = AllowedClients { cns: args.allow_cn.clone(), sans: args.allow_san.clone() };
+        let allowed = AllowedClients { cns: config.allow_cn.clone(), sans: config.allow_san.clone() };
         // Checked in the verify callback, so a refused client fails its handshake.
         builder.set_verify_callback(
             SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT,
@@ -69,6 +70,34 @@ pub fn acceptor(args: &ServeArgs) -> Result<SslAcceptor, Error> {
         );
     }
     Ok(builder.build())
+}
+
+/// `--alpn`: the first protocol of ours the client also offers (our order of preference);
+/// none in common: the handshake goes on without ALPN, as without the flag.
+fn offer_alpn(builder: &mut SslAcceptorBuilder, protocols: &[String]) {
+    if protocols.is_empty() {
+        return;
+    }
+    let wire: Vec<u8> =
+        protocols.iter().flat_map(|p| std::iter::once(p.len() as u8).chain(p.bytes())).collect();
+    builder.set_alpn_select_callback(move |_, client| choose_alpn(&wire, client));
+}
+
+/// The first of `ours` (wire format: length-prefixed names) that the client's list also
+/// holds, as a slice of the client's list (OpenSSL keeps that one).
+fn choose_alpn<'a>(ours: &[u8], client: &'a [u8]) -> Result<&'a [u8], AlpnError> {
+    let offered = wire_names(client);
+    wire_names(ours).find_map(|ours| offered.clone().find(|&theirs| theirs == ours)).ok_or(AlpnError::NOACK)
+}
+
+/// The names of an ALPN list in wire format; stops at a malformed length.
+fn wire_names(mut wire: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
+    std::iter::from_fn(move || {
+        let (&len, rest) = wire.split_first()?;
+        let name = rest.get(..len as usize)?;
+        wire = &rest[len as usize..];
+        Some(name)
+    })
 }
 
 /// The --allow-cn / --allow-san lists: a certificate passes if any one entry matches.
@@ -116,22 +145,16 @@ fn read_key(path: &Path) -> Result<PKey<Private>, Error> {
         .map_err(|_| Error::file_with_hint(path, "read key", "not a PEM private key", CERT_HINT))
 }
 
-extern "C" {
-    /// OpenSSL 3 (crypto.h); openssl-sys does not bind it.
-    fn OPENSSL_thread_stop();
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Empties this thread's OpenSSL error queue. A worker thread serves one client after
-/// another, and `SSL_get_error` reads any error still queued as the current call's: one left
-/// by the previous connection would make this one's first WANT_READ look fatal.
-pub fn forget_earlier_errors() {
-    let _ = openssl::error::ErrorStack::get();
-}
-
-/// Frees OpenSSL's per-thread state (its per-thread random generators and error queue,
-/// about 5 KiB): a worker that has finished its handshake may idle for hours, and OpenSSL
-/// builds the state again if the thread ever needs it.
-pub fn release_thread_state() {
-    // SAFETY: takes no arguments and only frees the calling thread's own OpenSSL state.
-    unsafe { OPENSSL_thread_stop() }
+    #[test]
+    fn alpn_takes_our_first_choice_the_client_also_offers() {
+        let ours = b"\x02h2\x08http/1.1";
+        assert_eq!(choose_alpn(ours, b"\x08http/1.1\x02h2"), Ok(&b"h2"[..]), "our order, not theirs");
+        assert_eq!(choose_alpn(ours, b"\x06spdy/3\x08http/1.1"), Ok(&b"http/1.1"[..]));
+        assert!(choose_alpn(ours, b"\x06spdy/3").is_err(), "nothing in common: no ALPN");
+        assert!(choose_alpn(ours, b"\x09h2").is_err(), "a malformed client list");
+    }
 }

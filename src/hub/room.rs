@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::lines::MAX_LINE;
-use crate::outbox::Outbox;
+use crate::hub::lines::MAX_LINE;
+use crate::hub::outbox::Outbox;
 
 /// What workers tell the hub.
 pub enum HubMsg {

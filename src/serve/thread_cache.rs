@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::supervisor::Event;
-use crate::{sys, thread_memory};
+use crate::serve::event::Event;
+use crate::sys;
+use crate::tls::handshake_memory;
 
 /// Threads kept waiting for a client at most; past it a finished worker exits.
 pub const MAX_PARKED: usize = 32;
@@ -106,7 +107,7 @@ impl ThreadCache {
     }
 
     /// Waits for the next client, unless enough threads wait already, the cache is closed,
-    /// or none comes in time. After [`thread_memory::SETTLE`] without one, the thread gives
+    /// or none comes in time. After [`handshake_memory::SETTLE`] without one, the thread gives
     /// back what an idle connection would.
     fn park(&self) -> Option<Job> {
         let mut parking = self.lock();
@@ -126,14 +127,14 @@ impl ThreadCache {
             if parking.closed || waited >= PARK_LIMIT {
                 break None;
             }
-            if !released && waited >= thread_memory::SETTLE {
+            if !released && waited >= handshake_memory::SETTLE {
                 drop(parking);
-                thread_memory::release();
+                handshake_memory::release();
                 released = true;
                 parking = self.lock();
                 continue;
             }
-            let until = if released { PARK_LIMIT } else { thread_memory::SETTLE };
+            let until = if released { PARK_LIMIT } else { handshake_memory::SETTLE };
             parking = self.wake.wait_timeout(parking, until - waited).unwrap_or_else(|e| e.into_inner()).0;
         };
         parking.parked -= 1;

@@ -1,5 +1,21 @@
-//! `tlsrelay serve`: checks the configuration, binds (or inherits) every listener, then hands
-//! over to the listener threads and the supervisor until a stop has closed every connection.
+//! `tlsrelay serve`, the daemon: checks the configuration, binds (or inherits) every listener,
+//! then hands over to the listener threads and the supervisor until a stop has closed every
+//! connection. Its parts: listeners accept and hand each client to a worker thread (from the
+//! thread cache), which runs the handshake and then forward mode or the hub; the supervisor
+//! owns signals, reloads, upgrades, the stop and the joining of every thread.
+
+mod admission;
+mod event;
+mod listener;
+mod malloc;
+mod per_ip;
+mod proxy_accept;
+mod signals;
+mod supervisor;
+mod tally;
+mod thread_cache;
+pub mod upgrade;
+mod worker;
 
 use std::fs;
 use std::io::Write;
@@ -13,13 +29,17 @@ use std::thread::{self, JoinHandle};
 use log::{info, warn};
 
 use crate::cli::ServeArgs;
+use crate::config::TlsConfig;
 use crate::error::{describe_io, Error};
-use crate::listener::{self, PerIp, Shared};
 use crate::stop::Shutdown;
-use crate::supervisor::{self, Connections, Control, Supervisor, Tally};
-use crate::thread_cache::{self, ThreadCache};
-use crate::worker::Settings;
-use crate::{hub, malloc, sys, tls, upgrade};
+use crate::tls::acceptor;
+use crate::{hub, sys};
+use listener::Shared;
+use per_ip::PerIp;
+use supervisor::{Connections, Control, Supervisor};
+use tally::Tally;
+use thread_cache::ThreadCache;
+use worker::Settings;
 
 /// Descriptors kept back for listeners, pipes, logging and the upstream resolver.
 const RESERVED_FDS: u64 = 64;
@@ -33,7 +53,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     // environment and closes them on exec: the re-executed process must find them too.
     malloc::limit_tcache(&exe);
     let inherited = upgrade::inherited(args.listen.len())?;
-    let acceptor = tls::acceptor(&args)?;
+    let acceptor = acceptor::acceptor(&args.tls_config())?;
     let max_clients = capacity_checked(args.max_clients);
     let (listeners, ready) = match inherited {
         Some(mut inherited) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
@@ -46,7 +66,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     // SIGTERM must not meet the default action (terminate).
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let shutdown = Arc::new(Shutdown::new()?);
-    supervisor::install_signal_handlers(&events_tx)?;
+    signals::install(&events_tx)?;
     // An upgrade child never touches the pid file: its parent rewrites it. Written before
     // the `listening on` lines, so whoever waits for them finds it.
     if let (Some(path), None) = (&args.pid_file, &ready) {
@@ -100,28 +120,18 @@ fn start_listeners(listeners: Vec<TcpListener>, shared: &Arc<Shared>) -> Result<
 fn settings(args: &ServeArgs, acceptor: openssl::ssl::SslAcceptor) -> Result<Settings, Error> {
     let hub = match args.upstream {
         Some(_) => None,
-        None => Some(hub::spawn()?),
+        None => Some(hub::room::spawn()?),
     };
-    Ok(Settings {
-        acceptor: RwLock::new(Arc::new(acceptor)),
-        upstream: args.upstream.clone(),
-        connect_timeout: args.connect_timeout,
-        close_timeout: args.close_timeout,
-        handshake_timeout: args.handshake_timeout,
-        idle_timeout: args.idle_timeout,
-        keepalive: args.keepalive,
-        client_eof: args.client_eof,
-        hub,
-    })
+    Ok(Settings { acceptor: RwLock::new(Arc::new(acceptor)), relay: args.relay_config(), hub })
 }
 
 /// Reload and upgrade: the listeners are handed over by descriptor number, which stays
 /// valid because the listener threads own them until we exit.
 fn control(args: &ServeArgs, settings: &Arc<Settings>, listeners: &[TcpListener], exe: PathBuf) -> Control {
     let fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
-    let (reload_args, reload_settings) = (args.clone(), settings.clone());
+    let (tls_config, reload_settings) = (args.tls_config(), settings.clone());
     Control {
-        reload: Box::new(move || reload(&reload_args, &reload_settings)),
+        reload: Box::new(move || reload(&tls_config, &reload_settings)),
         upgrade: upgrade::Plan::new(exe, fds),
         pid_file: args.pid_file.clone(),
         drain: args.drain,
@@ -129,11 +139,11 @@ fn control(args: &ServeArgs, settings: &Arc<Settings>, listeners: &[TcpListener]
 }
 
 /// New handshakes use the new files; a broken file keeps the old certificate.
-fn reload(args: &ServeArgs, settings: &Settings) {
-    match tls::acceptor(args) {
+fn reload(config: &TlsConfig, settings: &Settings) {
+    match acceptor::acceptor(config) {
         Ok(acceptor) => {
             *settings.acceptor.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acceptor);
-            info!("reloaded {} and {}", args.cert.display(), args.key.display());
+            info!("reloaded {} and {}", config.cert.display(), config.key.display());
         }
         Err(err) => warn!("reload failed, keeping the old certificate: {err}"),
     }

@@ -5,20 +5,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use clap::ValueEnum;
 use openssl::nid::Nid;
 use openssl::ssl::{NameType, SslRef};
 use openssl::x509::X509VerifyResult;
-use ppp::v2::{self, Builder, Command, Protocol, Type, Version};
+use ppp::v2::{Builder, Command, Protocol, Type, Version};
 
-/// Which header goes to the upstream.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyVersion {
-    /// The text line `PROXY TCP4 SRC DST SPORT DPORT\r\n` (stunnel, older consumers).
-    V1,
-    /// The binary header, with TLVs for ALPN, SNI and the TLS session.
-    V2,
-}
+use crate::config::ProxyVersion;
 
 /// `PP2_SUBTYPE_SSL` client flags: the connection used TLS, a certificate was presented.
 const PP2_CLIENT_SSL: u8 = 0x01;
@@ -139,13 +131,14 @@ fn ssl_tlv(tls: &TlsFacts) -> Vec<u8> {
 /// The TLVs of a v2 header, as (type, value) pairs; for tests and the test backends.
 #[cfg(test)]
 pub fn tlvs(header: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let header = v2::Header::try_from(header).expect("a v2 header");
+    let header = ppp::v2::Header::try_from(header).expect("a v2 header");
     header.tlvs().filter_map(Result::ok).map(|tlv| (tlv.kind, tlv.value.to_vec())).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ppp::v2;
 
     fn facts() -> TlsFacts {
         TlsFacts {

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{sys, tls};
+use crate::sys;
 
 /// How long after its handshake (in forward mode: after its upstream connect) a connection
 /// gives the memory back, and how long a parked thread waits before it does.
@@ -16,8 +16,28 @@ pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Gives the memory back now.
 pub fn release() {
-    tls::release_thread_state();
+    release_thread_state();
     sys::trim_stack();
+}
+
+extern "C" {
+    /// OpenSSL 3 (crypto.h); openssl-sys does not bind it.
+    fn OPENSSL_thread_stop();
+}
+
+/// Empties this thread's OpenSSL error queue. A worker thread serves one client after
+/// another, and `SSL_get_error` reads any error still queued as the current call's: one left
+/// by the previous connection would make this one's first WANT_READ look fatal.
+pub fn forget_earlier_errors() {
+    let _ = openssl::error::ErrorStack::get();
+}
+
+/// Frees OpenSSL's per-thread state (its per-thread random generators and error queue,
+/// about 5 KiB): a worker that has finished its handshake may idle for hours, and OpenSSL
+/// builds the state again if the thread ever needs it.
+fn release_thread_state() {
+    // SAFETY: takes no arguments and only frees the calling thread's own OpenSSL state.
+    unsafe { OPENSSL_thread_stop() }
 }
 
 /// A release due [`SETTLE`] after the handshake, run once by the connection's poll loop.

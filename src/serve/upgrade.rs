@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::error::{describe_io, Error};
-use crate::supervisor::Event;
+use crate::serve::event::Event;
 use crate::sys::{self, Wake};
 
 /// Environment variable naming the inherited listening descriptors, in --listen order.

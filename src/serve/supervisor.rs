@@ -1,9 +1,8 @@
 //! The supervisor: sole owner of the worker registry and of shutdown (stop, fast stop, join).
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -11,54 +10,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{info, warn};
 
-use crate::close::CloseKind;
+use crate::serve::event::Event;
+use crate::serve::tally::{stop_summary, Counts, Tally};
+use crate::serve::thread_cache::ThreadCache;
+use crate::serve::upgrade;
 use crate::stop::Shutdown;
-use crate::thread_cache::ThreadCache;
-use crate::upgrade;
-
-/// What the supervisor hears about, from signal handlers, listeners, workers and upgrades.
-pub enum Event {
-    /// SIGINT or SIGTERM: the first starts a graceful stop, the next a fast stop.
-    StopRequested(&'static str),
-    /// SIGHUP or SIGUSR1: re-read certificate, key and client CA for new handshakes.
-    ReloadRequested(&'static str),
-    /// SIGUSR2: start a hitless upgrade.
-    UpgradeRequested,
-    /// The new process wrote its ready word.
-    UpgradeReady { pid: u32 },
-    /// The new process failed, crashed or was late; it has been killed and reaped.
-    UpgradeFailed { reason: String },
-    /// A worker thread started; the supervisor keeps its handle to join it.
-    ThreadStarted(JoinHandle<()>),
-    /// A worker thread is about to return (its last client is done).
-    ThreadExited(ThreadId),
-}
-
-/// Routes SIGINT (through `ctrlc`) and TERM, HUP, USR1, USR2 (through `signal-hook`) into
-/// the event channel, so every decision is taken on the supervisor thread.
-pub fn install_signal_handlers(events: &Sender<Event>) -> io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1, SIGUSR2};
-    let on_int = events.clone();
-    ctrlc::set_handler(move || {
-        let _ = on_int.send(Event::StopRequested("SIGINT"));
-    })
-    .map_err(|e| io::Error::other(e.to_string()))?;
-
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])?;
-    let events = events.clone();
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        for signal in signals.forever() {
-            let event = match signal {
-                SIGTERM => Event::StopRequested("SIGTERM"),
-                SIGHUP => Event::ReloadRequested("SIGHUP"),
-                SIGUSR1 => Event::ReloadRequested("SIGUSR1"),
-                _ => Event::UpgradeRequested,
-            };
-            let _ = events.send(event);
-        }
-    })?;
-    Ok(())
-}
 
 /// What the supervisor needs for reloads and upgrades.
 pub struct Control {
@@ -67,60 +23,6 @@ pub struct Control {
     pub upgrade: upgrade::Plan,
     pub pid_file: Option<PathBuf>,
     pub drain: Duration,
-}
-
-/// How every connection has ended so far, by the kinds the `stopped:` line names; counted
-/// by the workers themselves, so a connection costs the supervisor no wake-up.
-#[derive(Default)]
-pub struct Tally {
-    clean: AtomicU64,
-    no_answer: AtomicU64,
-    dropped_in_handshake: AtomicU64,
-    other: AtomicU64,
-}
-
-impl Tally {
-    pub fn count(&self, kind: &CloseKind) {
-        let counter = match kind {
-            CloseKind::Clean => &self.clean,
-            CloseKind::PeerDidNotAnswer => &self.no_answer,
-            CloseKind::DroppedInHandshake => &self.dropped_in_handshake,
-            _ => &self.other,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> Counts {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Counts {
-            clean: read(&self.clean),
-            no_answer: read(&self.no_answer),
-            dropped_in_handshake: read(&self.dropped_in_handshake),
-            other: read(&self.other),
-        }
-    }
-}
-
-/// The tally at one moment.
-#[derive(Default, Clone, Copy)]
-struct Counts {
-    clean: u64,
-    no_answer: u64,
-    dropped_in_handshake: u64,
-    other: u64,
-}
-
-/// The `stopped:` line: the connections that ended between two snapshots.
-fn stop_summary(before: Counts, after: Counts) -> String {
-    let clean = after.clean - before.clean;
-    let no_answer = after.no_answer - before.no_answer;
-    let dropped = after.dropped_in_handshake - before.dropped_in_handshake;
-    let other = after.other - before.other;
-    let total = clean + no_answer + dropped + other;
-    format!(
-        "stopped: {total} connections: {clean} clean, {no_answer} peer did not answer, \
-         {dropped} dropped in handshake, {other} other"
-    )
 }
 
 /// What the supervisor sees of the connections: how many are open, how they ended, and
@@ -307,30 +209,5 @@ impl Supervisor {
             info!("{signal} again: fast stop");
             self.shutdown.fast.light();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn summary_counts_each_kind_since_the_stop_began() {
-        let tally = Tally::default();
-        tally.count(&CloseKind::Clean);
-        let before = tally.snapshot();
-        for kind in [
-            CloseKind::Clean,
-            CloseKind::Clean,
-            CloseKind::PeerDidNotAnswer,
-            CloseKind::DroppedInHandshake,
-            CloseKind::WriteStalled,
-        ] {
-            tally.count(&kind);
-        }
-        assert_eq!(
-            stop_summary(before, tally.snapshot()),
-            "stopped: 5 connections: 2 clean, 1 peer did not answer, 1 dropped in handshake, 1 other"
-        );
     }
 }

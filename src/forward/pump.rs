@@ -10,14 +10,15 @@ use log::{debug, warn};
 use openssl::ssl::{SslStream, SslVersion};
 
 use crate::buffer::Buffer;
-use crate::cli::ClientEof;
-use crate::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
+use crate::config::{ClientEof, RelayConfig};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
-use crate::thread_memory;
-use crate::tls_side::TlsSide;
-use crate::worker::Settings;
+use crate::tls::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
+use crate::tls::handshake_memory;
+use crate::tls::side::TlsSide;
+
+use super::stream::UpstreamStream;
 
 /// The most plaintext one TLS record carries.
 const TLS_RECORD: usize = 16 * 1024;
@@ -61,8 +62,8 @@ struct Blocked {
 pub struct Relay<'a> {
     id: u64,
     tls: TlsSide,
-    upstream: Option<TcpStream>,
-    settings: &'a Settings,
+    upstream: Option<UpstreamStream>,
+    config: &'a RelayConfig,
     shutdown: &'a Shutdown,
     tls13: bool,
     to_upstream: Buffer,
@@ -74,7 +75,7 @@ pub struct Relay<'a> {
     blocked: Blocked,
     closing: Option<Closing>,
     last_activity: Instant,
-    handshake_memory: thread_memory::Release,
+    handshake_memory: handshake_memory::Release,
     /// The client's plaintext totals, for the `closed:` line once [`Relay::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -86,8 +87,8 @@ impl<'a> Relay<'a> {
     pub fn new(
         id: u64,
         tls: SslStream<TcpStream>,
-        upstream: Option<TcpStream>,
-        settings: &'a Settings,
+        upstream: Option<UpstreamStream>,
+        config: &'a RelayConfig,
         shutdown: &'a Shutdown,
     ) -> Self {
         let tls13 = tls.ssl().version2() == Some(SslVersion::TLS1_3);
@@ -96,7 +97,7 @@ impl<'a> Relay<'a> {
             id,
             tls: TlsSide::new(tls),
             upstream,
-            settings,
+            config,
             shutdown,
             tls13,
             to_upstream: Buffer::new(BUFFER_SIZE),
@@ -108,7 +109,7 @@ impl<'a> Relay<'a> {
             blocked: Blocked::default(),
             closing: None,
             last_activity: Instant::now(),
-            handshake_memory: thread_memory::Release::after_handshake(),
+            handshake_memory: handshake_memory::Release::after_handshake(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -219,7 +220,7 @@ impl<'a> Relay<'a> {
     fn wants_upstream_fin(&self) -> bool {
         match &self.client_end {
             Some(TlsEnd::CloseNotify) => true,
-            Some(_) => self.close_notify_sent || self.settings.client_eof == ClientEof::Fin,
+            Some(_) => self.close_notify_sent || self.config.client_eof == ClientEof::Fin,
             // After an upstream EOF we keep relaying client→upstream until the client's
             // close_notify; only a closure we decided ends that direction early.
             None => self.closing.is_some_and(|c| c.by_us),
@@ -375,7 +376,7 @@ impl<'a> Relay<'a> {
 
     fn start_closing(&mut self, by_us: bool) {
         let now = Instant::now();
-        let total = self.settings.close_timeout;
+        let total = self.config.close_timeout;
         self.closing = Some(Closing { deadline: now + total, relay_until: now + total / 2, by_us });
     }
 
@@ -428,10 +429,10 @@ impl<'a> Relay<'a> {
         if !self.to_upstream.is_empty() {
             return false;
         }
-        if self.settings.client_eof == ClientEof::Fin {
+        if self.config.client_eof == ClientEof::Fin {
             return self.upstream_fin_sent;
         }
-        let queued = sys::unsent_bytes(upstream).unwrap_or(0);
+        let queued = upstream.unsent_bytes().unwrap_or(0);
         self.blocked.upstream_send_queue = queued > 0;
         queued == 0
     }
@@ -448,8 +449,8 @@ impl<'a> Relay<'a> {
         match kind {
             CloseKind::UpstreamReset | CloseKind::WriteStalled => sys::set_linger_zero(self.tls.socket()),
             CloseKind::TruncatedByClient | CloseKind::ResetByClient => {
-                if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.settings.client_eof) {
-                    sys::set_linger_zero(upstream);
+                if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.config.client_eof) {
+                    upstream.reset_on_close();
                 }
             }
             _ => {}
@@ -488,7 +489,7 @@ impl<'a> Relay<'a> {
         } else if set.ready(stop_slot) {
             self.start_closing(true);
         } else if self.idle_expired() {
-            debug!("conn {} idle for {:?}", self.id, self.settings.idle_timeout);
+            debug!("conn {} idle for {:?}", self.id, self.config.idle_timeout);
             self.start_closing(true);
         }
         Ok(())
@@ -502,8 +503,8 @@ impl<'a> Relay<'a> {
 
     fn idle_expired(&self) -> bool {
         self.closing.is_none()
-            && !self.settings.idle_timeout.is_zero()
-            && self.last_activity.elapsed() >= self.settings.idle_timeout
+            && !self.config.idle_timeout.is_zero()
+            && self.last_activity.elapsed() >= self.config.idle_timeout
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -516,8 +517,8 @@ impl<'a> Relay<'a> {
                     consider(closing.relay_until);
                 }
             }
-            None if !self.settings.idle_timeout.is_zero() => {
-                consider(self.last_activity + self.settings.idle_timeout)
+            None if !self.config.idle_timeout.is_zero() => {
+                consider(self.last_activity + self.config.idle_timeout)
             }
             None => {}
         }

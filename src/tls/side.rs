@@ -7,8 +7,8 @@ use std::os::fd::AsRawFd;
 
 use openssl::ssl::{self, SslStream};
 
-use crate::close::{classify, Interest, TlsStatus, Want};
 use crate::sys::{PollSet, Slot};
+use crate::tls::close::{classify, Interest, TlsStatus, Want};
 
 pub struct TlsSide {
     stream: SslStream<TcpStream>,
@@ -170,8 +170,8 @@ mod tests {
 
     use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
 
-    use crate::certgen;
-    use crate::close::TlsEnd;
+    use crate::tls::certgen;
+    use crate::tls::close::TlsEnd;
 
     /// A TLS connection over loopback TCP: (our non-blocking server side, a blocking client).
     fn tls_pair() -> (TlsSide, SslStream<TcpStream>) {
@@ -225,13 +225,13 @@ mod tests {
         assert_eq!(side.bytes_in(), 5);
     }
 
-    /// A worker calls OPENSSL_thread_stop() (thread_memory::release) on a thread that goes on
+    /// A worker calls OPENSSL_thread_stop() (handshake_memory::release) on a thread that goes on
     /// using OpenSSL: the open connection, and the next handshake, must still work.
     #[test]
     fn tls_keeps_working_on_a_thread_whose_openssl_state_was_released() {
         std::thread::spawn(|| {
             let (mut side, mut peer) = tls_pair();
-            crate::thread_memory::release();
+            crate::tls::handshake_memory::release();
             peer.write_all(b"after").unwrap();
             let mut got = Vec::with_capacity(64);
             retry(&mut side, |side| side.read_appending(&mut got));
@@ -241,7 +241,7 @@ mod tests {
             std::io::Read::read_exact(&mut peer, &mut buf).unwrap();
             assert_eq!(&buf, b"reply");
 
-            crate::thread_memory::release();
+            crate::tls::handshake_memory::release();
             let (mut next, mut peer) = tls_pair();
             peer.write_all(b"next").unwrap();
             let mut got = Vec::with_capacity(64);

@@ -10,15 +10,15 @@ use log::{debug, warn};
 use openssl::ssl::SslStream;
 
 use crate::buffer::Buffer;
-use crate::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
-use crate::hub::{HubMsg, LeaveReason};
-use crate::lines::{Framed, LineFramer};
-use crate::outbox::{Outbox, TOO_SLOW_AFTER};
+use crate::config::RelayConfig;
+use crate::hub::lines::{Framed, LineFramer};
+use crate::hub::outbox::{Outbox, TOO_SLOW_AFTER};
+use crate::hub::room::{HubMsg, LeaveReason};
 use crate::stop::{CloseReason, Shutdown};
 use crate::sys::{self, PollSet};
-use crate::thread_memory;
-use crate::tls_side::TlsSide;
-use crate::worker::Settings;
+use crate::tls::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
+use crate::tls::handshake_memory;
+use crate::tls::side::TlsSide;
 
 /// Plaintext read from the client per call: one TLS record.
 const READ_CHUNK: usize = 16 * 1024;
@@ -60,7 +60,7 @@ impl ServerClose {
 pub struct Session<'a> {
     id: u64,
     tls: TlsSide,
-    settings: &'a Settings,
+    config: &'a RelayConfig,
     shutdown: &'a Shutdown,
     hub: Sender<HubMsg>,
     outbox: Arc<Outbox>,
@@ -75,7 +75,7 @@ pub struct Session<'a> {
     close_notify_sent: bool,
     deadline: Option<Instant>,
     last_activity: Instant,
-    handshake_memory: thread_memory::Release,
+    handshake_memory: handshake_memory::Release,
     /// The client's plaintext totals, for the `closed:` line once [`Session::run`] returns.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -86,14 +86,14 @@ impl<'a> Session<'a> {
         id: u64,
         tls: SslStream<TcpStream>,
         outbox: Arc<Outbox>,
-        settings: &'a Settings,
+        config: &'a RelayConfig,
         shutdown: &'a Shutdown,
         hub: Sender<HubMsg>,
     ) -> Self {
         Session {
             id,
             tls: TlsSide::new(tls),
-            settings,
+            config,
             shutdown,
             hub,
             outbox,
@@ -106,7 +106,7 @@ impl<'a> Session<'a> {
             close_notify_sent: false,
             deadline: None,
             last_activity: Instant::now(),
-            handshake_memory: thread_memory::Release::after_handshake(),
+            handshake_memory: handshake_memory::Release::after_handshake(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -155,7 +155,7 @@ impl<'a> Session<'a> {
             let mut progress = self.read_client();
             progress |= self.write_client();
             if self.closing() && self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + self.settings.close_timeout);
+                self.deadline = Some(Instant::now() + self.config.close_timeout);
             }
             if !progress {
                 self.to_client.release();
@@ -359,7 +359,7 @@ impl<'a> Session<'a> {
     }
 
     fn idle_expired(&self) -> bool {
-        !self.settings.idle_timeout.is_zero() && self.last_activity.elapsed() >= self.settings.idle_timeout
+        !self.config.idle_timeout.is_zero() && self.last_activity.elapsed() >= self.config.idle_timeout
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -367,7 +367,7 @@ impl<'a> Session<'a> {
             return self.deadline;
         }
         let idle =
-            (!self.settings.idle_timeout.is_zero()).then(|| self.last_activity + self.settings.idle_timeout);
+            (!self.config.idle_timeout.is_zero()).then(|| self.last_activity + self.config.idle_timeout);
         let slow = self.outbox.full_since().map(|since| since + TOO_SLOW_AFTER);
         [idle, slow, self.handshake_memory.deadline()].into_iter().flatten().min()
     }

@@ -1,0 +1,56 @@
+//! Forward mode: each client's TLS stream relayed to a plain upstream connection, with every
+//! closure of DESIGN §3. Reads `config`, `tls`, `stop` and `sys`; knows nothing of the daemon.
+
+mod proxy_header;
+mod pump;
+mod stream;
+mod upstream;
+
+use std::net::{SocketAddr, TcpStream};
+
+use log::warn;
+use openssl::ssl::SslStream;
+
+use crate::config::RelayConfig;
+use crate::stop::Shutdown;
+use crate::sys;
+use crate::tls::close::CloseKind;
+use pump::Relay;
+
+/// The two ends of the client's connection, as the PROXY header to the upstream names them:
+/// the client (the address a balancer's header gave, when one did) and the address it reached.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// Connects the upstream and relays until the connection is closed: (how, bytes in, bytes out).
+pub fn serve(
+    id: u64,
+    tls: SslStream<TcpStream>,
+    endpoints: Endpoints,
+    config: &RelayConfig,
+    shutdown: &Shutdown,
+) -> (CloseKind, u64, u64) {
+    let target = config.upstream.as_ref().expect("forward mode has an upstream");
+    let connected = upstream::connect(target, config, shutdown).and_then(|mut stream| {
+        if let (Some(version), Some(upstream)) = (config.proxy_protocol, stream.as_mut()) {
+            let facts = proxy_header::TlsFacts::of(tls.ssl());
+            let header = proxy_header::build(version, endpoints.client, endpoints.local, &facts);
+            upstream.write_header(&header).map_err(|e| format!("sending the PROXY header: {e}"))?;
+        }
+        Ok(stream)
+    });
+    let upstream = match connected {
+        Ok(stream) => stream,
+        Err(reason) => {
+            warn!("conn {id} upstream {target} unreachable: {reason}");
+            sys::set_linger_zero(tls.get_ref());
+            return (CloseKind::UpstreamUnreachable, 0, 0);
+        }
+    };
+    let mut relay = Relay::new(id, tls, upstream, config, shutdown);
+    let kind = relay.run();
+    (kind, relay.bytes_in, relay.bytes_out)
+}
