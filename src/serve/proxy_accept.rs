@@ -196,8 +196,10 @@ fn interpret_v2(header: &v2::Header) -> Origin {
     if header.command == v2::Command::Local {
         return Origin::Direct("LOCAL");
     }
-    if header.protocol != v2::Protocol::Stream {
-        return Origin::Direct("PROXY v2 without a stream protocol");
+    match header.protocol {
+        v2::Protocol::Stream => {}
+        v2::Protocol::Unspecified => return Origin::Direct("PROXY v2 UNSPEC"),
+        v2::Protocol::Datagram => return Origin::Direct("PROXY v2 DGRAM"),
     }
     match header.addresses {
         v2::Addresses::IPv4(a) => {

@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod peers;
 pub mod process;
+pub mod unix_upstream;
 pub mod upstream;
 
 // Each test binary uses a different part of these.
