@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use ppp::v2;
-use ppp::HeaderResult;
 
 use crate::sys::{self, Wake};
 
@@ -168,28 +167,29 @@ fn scan_v1(bytes: &[u8]) -> Scan {
     }
 }
 
-/// What the complete header means (proxy-protocol.txt §2.1, §2.2).
+/// What the complete header means (proxy-protocol.txt §2.1, §2.2). The signature already
+/// told which version it is, so each error is that version's own.
 fn interpret(header: &[u8]) -> Result<Origin, Refused> {
-    match HeaderResult::parse(header) {
-        HeaderResult::V1(Ok(v1)) => Ok(match v1.addresses {
-            ppp::v1::Addresses::Tcp4(a) => relayed(
-                a.source_address.into(),
-                a.source_port,
-                a.destination_address.into(),
-                a.destination_port,
-            ),
-            ppp::v1::Addresses::Tcp6(a) => relayed(
-                a.source_address.into(),
-                a.source_port,
-                a.destination_address.into(),
-                a.destination_port,
-            ),
-            ppp::v1::Addresses::Unknown => Origin::Direct("PROXY UNKNOWN"),
-        }),
-        HeaderResult::V2(Ok(v2)) => Ok(interpret_v2(&v2)),
-        HeaderResult::V1(Err(err)) => Err(Refused::Bad(format!("malformed PROXY v1 line: {err}"))),
-        HeaderResult::V2(Err(err)) => Err(Refused::Bad(format!("malformed PROXY v2 header: {err}"))),
+    if header.starts_with(V2_SIGNATURE) {
+        return match v2::Header::try_from(header) {
+            Ok(v2) => Ok(interpret_v2(&v2)),
+            Err(err) => Err(Refused::Bad(format!("malformed PROXY v2 header: {err}"))),
+        };
     }
+    let v1 = std::str::from_utf8(header)
+        .map_err(|_| Refused::Bad("malformed PROXY v1 line: not ASCII".into()))
+        .and_then(|text| {
+            ppp::v1::Header::try_from(text).map_err(|e| Refused::Bad(format!("malformed PROXY v1 line: {e}")))
+        })?;
+    Ok(match v1.addresses {
+        ppp::v1::Addresses::Tcp4(a) => {
+            relayed(a.source_address.into(), a.source_port, a.destination_address.into(), a.destination_port)
+        }
+        ppp::v1::Addresses::Tcp6(a) => {
+            relayed(a.source_address.into(), a.source_port, a.destination_address.into(), a.destination_port)
+        }
+        ppp::v1::Addresses::Unknown => Origin::Direct("PROXY UNKNOWN"),
+    })
 }
 
 fn interpret_v2(header: &v2::Header) -> Origin {

@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod peers;
 pub mod process;
+pub mod proxy_peers;
 pub mod unix_upstream;
 pub mod upstream;
 
