@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, SslStream};
@@ -13,8 +13,9 @@ use openssl::ssl::{ErrorCode, SslStream};
 use super::connector::{Connector, Seen};
 use crate::cli::Target;
 use crate::error::describe_io;
-use crate::sys::{self, Wake};
-use crate::tls::close::{classify, handshake_reason, TlsStatus, Want};
+use crate::sys;
+use crate::tls::close::handshake_reason;
+use crate::tls::handshake::{self, Unfinished};
 
 /// How long the TCP connect may take, over all addresses of the name.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,23 +114,14 @@ fn handshake(
     let (ssl, seen) = connector.ssl().map_err(|e| failed(e.to_string(), false))?;
     let mut tls = SslStream::new(ssl, tcp).map_err(|e| failed(e.to_string(), false))?;
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    loop {
-        let err = match tls.connect() {
-            Ok(()) => return Ok(tls),
-            Err(err) => err,
-        };
-        let want = match classify(&err) {
-            TlsStatus::Blocked(want) => want,
-            TlsStatus::Ended(_) => return Err(handshake_failure(target, &tls, &err, connector, &seen)),
-        };
-        match sys::wait_one(tls.get_ref().as_raw_fd(), want == Want::Write, stops, deadline) {
-            Ok(Wake::Ready | Wake::Spurious) => {}
-            Ok(Wake::Stop) => return Err(DialError::Interrupted { target: target.to_string() }),
-            Ok(Wake::Deadline) => {
-                return Err(failed(format!("timed out after {} s", HANDSHAKE_TIMEOUT.as_secs()), true))
-            }
-            Err(err) => return Err(failed(describe_io(&err), false)),
+    match handshake::drive(&mut tls, SslStream::connect, deadline, stops) {
+        Ok(()) => Ok(tls),
+        Err(Unfinished::Failed(err)) => Err(handshake_failure(target, &tls, &err, connector, &seen)),
+        Err(Unfinished::Stopped) => Err(DialError::Interrupted { target: target.to_string() }),
+        Err(Unfinished::TimedOut) => {
+            Err(failed(format!("timed out after {} s", HANDSHAKE_TIMEOUT.as_secs()), true))
         }
+        Err(Unfinished::Poll(err)) => Err(failed(describe_io(&err), false)),
     }
 }
 

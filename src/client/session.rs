@@ -62,7 +62,6 @@ pub struct Session<'a> {
     requested: Option<Request>,
     /// Stop now: no more waiting for anything.
     abort: bool,
-    close_notify_sent: bool,
     /// When the closure gives up; pushed back by every byte that moves.
     deadline: Option<Instant>,
     last_line: LastLine,
@@ -85,7 +84,6 @@ impl<'a> Session<'a> {
             server_end: None,
             requested: None,
             abort: false,
-            close_notify_sent: false,
             deadline: None,
             last_line: LastLine::default(),
             started: Instant::now(),
@@ -179,18 +177,20 @@ impl<'a> Session<'a> {
             Some(End::Clean) => self.tls.write_in_progress(),
             Some(_) => false,
         };
-        if !may_write || !self.tls.may_write() || self.close_notify_sent || self.console.outgoing.is_empty() {
+        if !may_write
+            || !self.tls.may_write()
+            || self.tls.close_notify_sent()
+            || self.console.outgoing.is_empty()
+        {
             return false;
         }
-        match self.tls.write(self.console.outgoing.pending()) {
-            Ok(n) => {
-                self.console.outgoing.consume(n);
-                self.console.outgoing.release();
-                self.touch();
-                true
-            }
-            Err(status) => self.tls_call_failed(status),
+        let progress = self.tls.write_from(&mut self.console.outgoing);
+        self.console.outgoing.release();
+        self.note_broken_write();
+        if progress {
+            self.touch();
         }
+        progress
     }
 
     /// Reads stdin once, because poll said it is readable (so the read cannot block).
@@ -220,7 +220,7 @@ impl<'a> Session<'a> {
     }
 
     fn close_notify_if_due(&mut self) -> bool {
-        if self.close_notify_sent || self.tls.write_in_progress() || !self.tls.may_write() {
+        if self.tls.close_notify_sent() || self.tls.write_in_progress() || !self.tls.may_write() {
             return false;
         }
         let due = match self.server_end {
@@ -228,31 +228,19 @@ impl<'a> Session<'a> {
             Some(_) => false,         // never shutdown() after an error (DESIGN §3 facts)
             None => self.requested.is_some() && self.console.outgoing.is_empty(),
         };
-        due && self.send_close_notify()
-    }
-
-    fn send_close_notify(&mut self) -> bool {
-        match self.tls.close_notify() {
-            Ok(()) => {
-                self.close_notify_sent = true;
-                true
-            }
-            Err(status) => self.tls_call_failed(status),
+        if !due {
+            return false;
         }
+        let progress = self.tls.send_close_notify();
+        self.note_broken_write();
+        progress
     }
 
-    /// Handles a failed write or close_notify; returns whether anything changed.
-    fn tls_call_failed(&mut self, status: TlsStatus) -> bool {
-        match status {
-            TlsStatus::Blocked(_) => false,
-            TlsStatus::Ended(end) => {
-                if self.server_end.is_none() {
-                    self.server_ended(match end {
-                        TlsEnd::Reset(reason) => TlsEnd::Reset(reason),
-                        _ => TlsEnd::Reset("connection closed while sending".into()),
-                    });
-                }
-                true
+    /// A write or close_notify found the stream broken: that is how the server's side ended.
+    fn note_broken_write(&mut self) {
+        if self.server_end.is_none() && self.tls.broken() {
+            if let Some(end) = self.tls.end().cloned() {
+                self.server_ended(end);
             }
         }
     }
@@ -267,7 +255,7 @@ impl<'a> Session<'a> {
     /// The session's end, once reached.
     fn outcome(&mut self) -> Option<End> {
         let end = match &self.server_end {
-            Some(End::Clean) if self.close_notify_sent => return Some(End::Clean),
+            Some(End::Clean) if self.tls.close_notify_sent() => return Some(End::Clean),
             Some(End::Clean) => End::Clean, // still answering it
             Some(end) => return Some(end.clone()),
             None if self.abort => End::Abandoned,
@@ -277,7 +265,7 @@ impl<'a> Session<'a> {
         if !out_of_time {
             return None;
         }
-        if !self.close_notify_sent && !self.tls.write_in_progress() {
+        if !self.tls.close_notify_sent() && !self.tls.write_in_progress() {
             let _ = self.tls.close_notify(); // one try without waiting: time is up
         }
         Some(end)

@@ -14,7 +14,7 @@ use crate::config::{ClientEof, RelayConfig};
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
-use crate::tls::close::{broken_by, CloseKind, TlsEnd, TlsStatus};
+use crate::tls::close::{CloseKind, TlsEnd, TlsStatus};
 use crate::tls::handshake_memory;
 use crate::tls::side::TlsSide;
 
@@ -68,10 +68,8 @@ pub struct Relay<'a> {
     tls13: bool,
     to_upstream: Buffer,
     to_client: Buffer,
-    client_end: Option<TlsEnd>,
     upstream_end: Option<UpstreamEnd>,
     upstream_fin_sent: bool,
-    close_notify_sent: bool,
     blocked: Blocked,
     closing: Option<Closing>,
     last_activity: Instant,
@@ -102,10 +100,8 @@ impl<'a> Relay<'a> {
             tls13,
             to_upstream: Buffer::new(BUFFER_SIZE),
             to_client: Buffer::new(BUFFER_SIZE),
-            client_end: None,
             upstream_end,
             upstream_fin_sent: false,
-            close_notify_sent: false,
             blocked: Blocked::default(),
             closing: None,
             last_activity: Instant::now(),
@@ -159,7 +155,7 @@ impl<'a> Relay<'a> {
     fn read_client(&mut self) -> bool {
         // Reading goes on while a whole TLS record still fits, so one upstream write carries
         // several records.
-        if self.client_end.is_some() || !self.tls.may_read() || self.to_upstream.room() < TLS_RECORD {
+        if self.tls.end().is_some() || !self.tls.may_read() || self.to_upstream.room() < TLS_RECORD {
             return false;
         }
         match self.tls.read_uninit(self.to_upstream.space()) {
@@ -176,7 +172,6 @@ impl<'a> Relay<'a> {
             Err(TlsStatus::Blocked(_)) => false,
             Err(TlsStatus::Ended(end)) => {
                 debug!("conn {} client ended: {end:?}", self.id);
-                self.client_end = Some(end);
                 true
             }
         }
@@ -218,9 +213,9 @@ impl<'a> Relay<'a> {
 
     /// Whether the upstream should get its FIN once `to_upstream` is flushed.
     fn wants_upstream_fin(&self) -> bool {
-        match &self.client_end {
+        match self.tls.end() {
             Some(TlsEnd::CloseNotify) => true,
-            Some(_) => self.close_notify_sent || self.config.client_eof == ClientEof::Fin,
+            Some(_) => self.tls.close_notify_sent() || self.config.client_eof == ClientEof::Fin,
             // After an upstream EOF we keep relaying client→upstream until the client's
             // close_notify; only a closure we decided ends that direction early.
             None => self.closing.is_some_and(|c| c.by_us),
@@ -271,13 +266,13 @@ impl<'a> Relay<'a> {
 
     /// Whether bytes from the upstream may still be sent to the client.
     fn client_takes_data(&self) -> bool {
-        let open = match &self.client_end {
+        let open = match self.tls.end() {
             None => true,
             // TLS 1.3 lets us keep writing after the client's close_notify; TLS 1.2 does not.
             Some(TlsEnd::CloseNotify) => self.tls13,
             Some(_) => false,
         };
-        open && !self.close_notify_sent && !self.relay_window_over()
+        open && !self.tls.close_notify_sent() && !self.relay_window_over()
     }
 
     fn relay_window_over(&self) -> bool {
@@ -285,7 +280,7 @@ impl<'a> Relay<'a> {
     }
 
     fn write_client(&mut self) -> bool {
-        if matches!(self.client_end, Some(TlsEnd::Truncated | TlsEnd::Reset(_))) || !self.tls.may_write() {
+        if self.tls.broken() || !self.tls.may_write() {
             return false;
         }
         if !self.to_client.is_empty()
@@ -296,10 +291,14 @@ impl<'a> Relay<'a> {
             self.to_client.discard();
         }
         if !self.to_client.is_empty() {
-            return self.write_pending_to_client();
+            let progress = self.tls.write_from(&mut self.to_client);
+            if progress {
+                self.last_activity = Instant::now();
+            }
+            return progress;
         }
-        if self.wants_close_notify() && !self.close_notify_sent {
-            return self.send_close_notify();
+        if self.wants_close_notify() && !self.tls.close_notify_sent() {
+            return self.tls.send_close_notify();
         }
         false
     }
@@ -307,51 +306,17 @@ impl<'a> Relay<'a> {
     /// Bytes already read from the upstream may still go out (also after the relay window:
     /// what was read before close_notify is delivered before it).
     fn client_takes_data_already_read(&self) -> bool {
-        match &self.client_end {
+        match self.tls.end() {
             None => true,
             Some(TlsEnd::CloseNotify) => self.tls13,
             Some(_) => false,
         }
     }
 
-    fn write_pending_to_client(&mut self) -> bool {
-        match self.tls.write(self.to_client.pending()) {
-            Ok(n) => {
-                self.to_client.consume(n);
-                self.last_activity = Instant::now();
-                true
-            }
-            Err(status) => self.client_call_failed(status),
-        }
-    }
-
-    fn send_close_notify(&mut self) -> bool {
-        match self.tls.close_notify() {
-            Ok(()) => {
-                debug!("conn {} sent close_notify", self.id);
-                self.close_notify_sent = true;
-                true
-            }
-            Err(status) => self.client_call_failed(status),
-        }
-    }
-
-    /// Handles a failed write or close_notify; returns whether anything changed.
-    fn client_call_failed(&mut self, status: TlsStatus) -> bool {
-        match status {
-            TlsStatus::Blocked(_) => false,
-            TlsStatus::Ended(end) => {
-                self.client_end = Some(broken_by(end));
-                self.to_client.discard();
-                true
-            }
-        }
-    }
-
     /// Whether close_notify is due now (every byte for the client already written).
     fn wants_close_notify(&self) -> bool {
         let upstream_done = matches!(self.upstream_end, Some(UpstreamEnd::Eof));
-        match &self.client_end {
+        match self.tls.end() {
             Some(TlsEnd::CloseNotify) => !self.tls13 || upstream_done || self.relay_window_over(),
             Some(_) => false,
             None => upstream_done || (self.closing.is_some_and(|c| c.by_us) && self.relay_window_over()),
@@ -369,7 +334,7 @@ impl<'a> Relay<'a> {
 
     /// Any end of either side starts the closure and its deadline.
     fn start_closing_on_ends(&mut self) {
-        if self.closing.is_none() && (self.client_end.is_some() || self.upstream_end.is_some()) {
+        if self.closing.is_none() && (self.tls.end().is_some() || self.upstream_end.is_some()) {
             self.start_closing(false);
         }
     }
@@ -383,40 +348,23 @@ impl<'a> Relay<'a> {
     /// The connection's end, once one is reached.
     fn outcome(&mut self) -> Option<CloseKind> {
         if let Some(UpstreamEnd::Reset(reason)) = &self.upstream_end {
-            if !self.close_notify_sent {
+            if !self.tls.close_notify_sent() {
                 warn!("conn {} upstream failed: {reason}; resetting the client", self.id);
                 return Some(CloseKind::UpstreamReset);
             }
         }
         let past_deadline = self.closing.is_some_and(|c| Instant::now() >= c.deadline);
-        match (&self.client_end, self.close_notify_sent) {
-            (Some(TlsEnd::CloseNotify), true) if self.upstream_settled() || past_deadline => {
-                return Some(CloseKind::Clean)
+        if let Some(kind) = self.tls.ending() {
+            // The client's side is done; the upstream's must be too, or out of time.
+            let upstream_done = match kind {
+                CloseKind::TruncatedByClient | CloseKind::ResetByClient => self.truncation_delivered(),
+                _ => self.upstream_settled(),
+            };
+            if upstream_done || past_deadline {
+                return Some(kind);
             }
-            (Some(TlsEnd::Truncated | TlsEnd::Reset(_)), true)
-                if self.upstream_settled() || past_deadline =>
-            {
-                return Some(CloseKind::PeerDidNotAnswer)
-            }
-            (Some(end @ (TlsEnd::Truncated | TlsEnd::Reset(_))), false) => {
-                let kind = match end {
-                    TlsEnd::Truncated => CloseKind::TruncatedByClient,
-                    _ => CloseKind::ResetByClient,
-                };
-                if self.truncation_delivered() || past_deadline {
-                    return Some(kind);
-                }
-            }
-            _ => {}
         }
-        if past_deadline {
-            return Some(if self.close_notify_sent {
-                CloseKind::PeerDidNotAnswer
-            } else {
-                CloseKind::WriteStalled
-            });
-        }
-        None
+        past_deadline.then(|| self.tls.ending_at_deadline())
     }
 
     /// Every client byte given to the upstream and, with `reset`, acknowledged by it

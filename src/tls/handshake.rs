@@ -1,12 +1,13 @@
 //! The server handshake on a worker thread: non-blocking, bounded by its deadline, cut short
 //! by a stop; and the `established` line that follows it.
 
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use log::info;
-use openssl::ssl::{Ssl, SslAcceptor, SslStream};
+use openssl::ssl::{self, Ssl, SslAcceptor, SslStream};
 
 use crate::error::describe_io;
 use crate::sys::{self, Wake};
@@ -22,21 +23,49 @@ pub fn accept(
 ) -> Result<SslStream<TcpStream>, CloseKind> {
     let ssl = Ssl::new(acceptor.context()).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
     let mut tls = SslStream::new(ssl, tcp).map_err(|e| CloseKind::HandshakeFailed(e.to_string()))?;
+    match drive(&mut tls, SslStream::accept, deadline, stops) {
+        Ok(()) => Ok(tls),
+        Err(Unfinished::Failed(err)) => Err(CloseKind::HandshakeFailed(failure_reason(&tls, &err))),
+        Err(Unfinished::Stopped) => Err(CloseKind::DroppedInHandshake),
+        Err(Unfinished::TimedOut) => Err(CloseKind::HandshakeTimeout),
+        Err(Unfinished::Poll(err)) => Err(CloseKind::HandshakeFailed(describe_io(&err))),
+    }
+}
+
+/// Why a handshake driven by [`drive`] did not complete.
+pub enum Unfinished {
+    /// OpenSSL ended it: an alert, a refused certificate, a broken connection.
+    Failed(ssl::Error),
+    /// One of the stop descriptors became readable.
+    Stopped,
+    /// The deadline passed first.
+    TimedOut,
+    /// poll(2) itself failed.
+    Poll(io::Error),
+}
+
+/// Runs `step` (`SslStream::accept` or `SslStream::connect`) on a non-blocking socket until the
+/// handshake completes, sleeping in poll(2) for whatever OpenSSL waits for.
+pub fn drive(
+    tls: &mut SslStream<TcpStream>,
+    step: fn(&mut SslStream<TcpStream>) -> Result<(), ssl::Error>,
+    deadline: Instant,
+    stops: &[RawFd],
+) -> Result<(), Unfinished> {
     loop {
-        let err = match tls.accept() {
-            Ok(()) => return Ok(tls),
+        let err = match step(tls) {
+            Ok(()) => return Ok(()),
             Err(err) => err,
         };
         let want = match classify(&err) {
             TlsStatus::Blocked(want) => want,
-            TlsStatus::Ended(_) => return Err(CloseKind::HandshakeFailed(failure_reason(&tls, &err))),
+            TlsStatus::Ended(_) => return Err(Unfinished::Failed(err)),
         };
-        let fd = tls.get_ref().as_raw_fd();
-        match sys::wait_one(fd, want == Want::Write, stops, deadline) {
+        match sys::wait_one(tls.get_ref().as_raw_fd(), want == Want::Write, stops, deadline) {
             Ok(Wake::Ready | Wake::Spurious) => {}
-            Ok(Wake::Stop) => return Err(CloseKind::DroppedInHandshake),
-            Ok(Wake::Deadline) => return Err(CloseKind::HandshakeTimeout),
-            Err(err) => return Err(CloseKind::HandshakeFailed(describe_io(&err))),
+            Ok(Wake::Stop) => return Err(Unfinished::Stopped),
+            Ok(Wake::Deadline) => return Err(Unfinished::TimedOut),
+            Err(err) => return Err(Unfinished::Poll(err)),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The TLS side of a connection: its non-blocking `SslStream`, what its blocked calls wait for
-//! and the bytes it carried, so the relay, the hub and `connect` share the WANT_* rules of DESIGN §3.
+//! The TLS side of a connection: its non-blocking `SslStream`, what its blocked calls wait for,
+//! the bytes it carried, and its closing sequence (how the peer's side ended, whether our
+//! close_notify went out), so the relay, the hub and `connect` share the rules of DESIGN §3.
 
 use std::mem::MaybeUninit;
 use std::net::TcpStream;
@@ -7,8 +8,9 @@ use std::os::fd::AsRawFd;
 
 use openssl::ssl::{self, SslStream};
 
+use crate::buffer::Buffer;
 use crate::sys::{PollSet, Slot};
-use crate::tls::close::{classify, Interest, TlsStatus, Want};
+use crate::tls::close::{broken_by, classify, CloseKind, Interest, TlsEnd, TlsStatus, Want};
 
 pub struct TlsSide {
     stream: SslStream<TcpStream>,
@@ -22,6 +24,9 @@ pub struct TlsSide {
     write_in_progress: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// How the peer's side ended: read from the stream, or learnt from a write that failed.
+    end: Option<TlsEnd>,
+    close_notify_sent: bool,
 }
 
 impl TlsSide {
@@ -34,6 +39,8 @@ impl TlsSide {
             write_in_progress: false,
             bytes_in: 0,
             bytes_out: 0,
+            end: None,
+            close_notify_sent: false,
         }
     }
 
@@ -96,7 +103,13 @@ impl TlsSide {
                 self.bytes_in += n as u64;
                 Ok(n)
             }
-            Err(err) => Err(remember_wait(&mut self.read_waits, &err)),
+            Err(err) => {
+                let status = remember_wait(&mut self.read_waits, &err);
+                if let TlsStatus::Ended(end) = &status {
+                    self.end = Some(end.clone());
+                }
+                Err(status)
+            }
         }
     }
 
@@ -121,6 +134,85 @@ impl TlsSide {
         match self.stream.shutdown() {
             Ok(_) => Ok(()),
             Err(err) => Err(remember_wait(&mut self.write_waits, &err)),
+        }
+    }
+
+    // ---- the closing sequence, shared by the forward pump and the hub session ----
+
+    /// How the peer's side ended, once it has: its close_notify, a truncation or a reset read
+    /// from the stream, or a write that failed (then always unclean, see [`broken_by`]).
+    pub fn end(&self) -> Option<&TlsEnd> {
+        self.end.as_ref()
+    }
+
+    /// The stream is cut (no close_notify, reset, error): nothing can be written to it any more.
+    pub fn broken(&self) -> bool {
+        matches!(self.end, Some(TlsEnd::Truncated | TlsEnd::Reset(_)))
+    }
+
+    pub fn close_notify_sent(&self) -> bool {
+        self.close_notify_sent
+    }
+
+    /// Writes what `buf` holds (as much as the socket takes). Returns whether anything
+    /// changed: bytes went out, or the stream broke, in which case `buf` is discarded.
+    pub fn write_from(&mut self, buf: &mut Buffer) -> bool {
+        match self.write(buf.pending()) {
+            Ok(n) => {
+                buf.consume(n);
+                true
+            }
+            Err(status) => {
+                let broke = self.call_failed(status);
+                if broke {
+                    buf.discard();
+                }
+                broke
+            }
+        }
+    }
+
+    /// Sends close_notify (`shutdown`); returns whether anything changed: it went out, or
+    /// the stream broke.
+    pub fn send_close_notify(&mut self) -> bool {
+        match self.close_notify() {
+            Ok(()) => {
+                self.close_notify_sent = true;
+                true
+            }
+            Err(status) => self.call_failed(status),
+        }
+    }
+
+    /// A write or close_notify that failed: blocked (nothing changed), or the stream broke.
+    fn call_failed(&mut self, status: TlsStatus) -> bool {
+        match status {
+            TlsStatus::Blocked(_) => false,
+            TlsStatus::Ended(end) => {
+                self.end = Some(broken_by(end));
+                true
+            }
+        }
+    }
+
+    /// How the connection ended as this side sees it, once this side is done: both
+    /// close_notifys (`clean`), ours unanswered, or the peer's stream cut before ours went out.
+    pub fn ending(&self) -> Option<CloseKind> {
+        match (&self.end, self.close_notify_sent) {
+            (Some(TlsEnd::CloseNotify), true) => Some(CloseKind::Clean),
+            (Some(_), true) => Some(CloseKind::PeerDidNotAnswer),
+            (Some(TlsEnd::Truncated), false) => Some(CloseKind::TruncatedByClient),
+            (Some(TlsEnd::Reset(_)), false) => Some(CloseKind::ResetByClient),
+            (Some(TlsEnd::CloseNotify) | None, false) | (None, true) => None,
+        }
+    }
+
+    /// How the connection ended when the closure's deadline passed first.
+    pub fn ending_at_deadline(&self) -> CloseKind {
+        if self.close_notify_sent {
+            CloseKind::PeerDidNotAnswer
+        } else {
+            CloseKind::WriteStalled
         }
     }
 
