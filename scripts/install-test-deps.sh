@@ -21,6 +21,9 @@ if [ "${1:-test}" != build ]; then
     need python3 python3
     need prlimit util-linux
     need setcap libcap2-bin
+    # Real PROXY protocol consumers and the balancer in front (tests/proxy_*.rs).
+    need nginx nginx
+    need haproxy haproxy
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then
