@@ -78,3 +78,27 @@ mod tests {
         assert_eq!(parse(&h), (UPLOAD, 1 << 40));
     }
 }
+
+/// Skips a PROXY protocol header (v1 line or v2 binary) at the start of a connection.
+pub fn skip_proxy_header<S: Read>(s: &mut S) -> io::Result<()> {
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first)?;
+    if first[0] == b'P' {
+        // v1: up to and including CRLF (at most 107 bytes).
+        let mut last = [0u8; 2];
+        for _ in 0..107 {
+            s.read_exact(&mut first)?;
+            last = [last[1], first[0]];
+            if last == *b"\r\n" {
+                return Ok(());
+            }
+        }
+        return Err(io::Error::other("PROXY v1 line without CRLF"));
+    }
+    // v2: 16 bytes, the last two the length of what follows.
+    let mut fixed = [0u8; 15];
+    s.read_exact(&mut fixed)?;
+    let len = u16::from_be_bytes([fixed[13], fixed[14]]) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest)
+}
