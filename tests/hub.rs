@@ -4,7 +4,7 @@
 mod common;
 mod hub_support;
 
-use common::{gnutls, s_client, secs, Certs, Daemon};
+use common::{gnutls, python, s_client, secs, Certs, Daemon};
 use hub_support::{HubClient, LINE_DEADLINE};
 use std::time::Instant;
 
@@ -316,4 +316,53 @@ fn sigterm_s_client_prints_closed_after_the_closing_line() {
     );
     let summary = daemon.summary();
     assert_eq!((summary.total, summary.clean), (1, 1), "{}", daemon.log_text());
+}
+
+/// DESIGN §3 (H, TLS 1.3): a client that sends its line and at once its close_notify still
+/// gets what the hub had queued for it (its welcome), then our close_notify. Repeated: the
+/// welcome is queued by the hub thread while the client's close_notify may already be read.
+#[test]
+fn tls13_half_close_still_delivers_the_welcome_then_a_clean_close_python() {
+    let certs = Certs::new();
+    let daemon = Daemon::start(&certs, &[]);
+    for round in 0..10 {
+        let r = python(
+            daemon.port(),
+            &certs,
+            &["--tls", "1.3", "--send", "x\n", "--then", "close-notify"],
+            secs(10.0),
+        );
+        assert_eq!(r.version, "TLSv1.3", "{}", r.raw);
+        assert!(
+            r.text.starts_with("* welcome to tlsrelay; you are "),
+            "round {round}: got {:?}; {}",
+            r.text,
+            r.raw
+        );
+        assert_eq!(r.end, "clean", "round {round}: {}", r.raw);
+    }
+    daemon.wait_for_log_count(" closed: clean,", 10, LINE_DEADLINE);
+}
+
+#[test]
+fn tls13_half_close_still_delivers_the_welcome_then_a_clean_close_tlsrelay_connect() {
+    let certs = Certs::new();
+    let daemon = Daemon::start(&certs, &[]);
+    let target = format!("127.0.0.1:{}", daemon.port());
+    for round in 0..10 {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tlsrelay"));
+        cmd.args(["connect", &target, "--ca"]).arg(certs.ca());
+        let mut client = common::process::Proc::spawn("tlsrelay connect", cmd);
+        // `printf 'x\n' | tlsrelay connect …`: a line, then stdin's end, which sends close_notify.
+        client.write_stdin(b"x\n");
+        client.close_stdin();
+        let status = client.wait_exit(secs(10.0)).expect("tlsrelay connect did not exit");
+        let stdout = client.stdout();
+        assert!(
+            stdout.starts_with("* welcome to tlsrelay; you are "),
+            "round {round}: stdout {stdout:?}, stderr {:?}",
+            client.stderr()
+        );
+        assert_eq!(status.code(), Some(0), "round {round}: the server's close_notify must arrive");
+    }
 }

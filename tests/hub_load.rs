@@ -125,3 +125,48 @@ fn a_client_that_stops_reading_is_closed_as_too_slow_and_the_others_get_every_li
     assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
     daemon.summary();
 }
+
+/// DESIGN §5: a reader that pauses long enough to overflow its outbox, but not the 5 s that
+/// would close it as too slow, is told how many lines it lost before the room goes on.
+#[test]
+fn a_reader_that_pauses_and_resumes_is_told_how_many_lines_it_lost() {
+    let _guard = serial();
+    const SIZE: usize = 1000;
+    // Enough to fill what the kernel holds for the paused reader, its 256 KiB outbox, and more.
+    let lines = (wmem_max() + 256 * 1024 + 1024 * 1024) / (SIZE + 1) + 1;
+    let certs = Certs::new();
+    let mut daemon = Daemon::start(&certs, &[]);
+    let mut paused = HubClient::connect_with(&daemon, &certs, &["--rcvbuf", "4096", "--timeout", "120"]);
+    let mut sender = HubClient::connect_with(&daemon, &certs, &["--timeout", "120"]);
+    paused.wait_line(&format!("* {} joined", sender.nick), LINE_DEADLINE);
+    paused.command("pause");
+
+    // As fast as the hub takes them: the outbox overflows well within the 5 s too-slow limit.
+    sender.command(&format!("flood A {lines} {SIZE}"));
+    sender.wait_output("FLOODSENT A", secs(60.0));
+    paused.command("resume");
+    sender.say("after the flood");
+    paused.wait_line(&format!("<{}> after the flood", sender.nick), secs(30.0));
+
+    let seen = paused.lines();
+    let is_notice = |l: &String| l.starts_with("! ") && l.ends_with(" lines dropped");
+    let first = seen.iter().position(is_notice);
+    let first = first.unwrap_or_else(|| panic!("no drop notice; lines: {:?}", &seen[..seen.len().min(20)]));
+    let after = seen.iter().position(|l| l.ends_with("> after the flood")).unwrap();
+    assert!(first < after, "the notice must come before the room goes on: {:?}", &seen[first..=after]);
+    // The outbox may fill again after a notice: each loss is told once, in its place.
+    let dropped: usize = seen
+        .iter()
+        .filter(|l| is_notice(l))
+        .map(|l| l.split(' ').nth(1).and_then(|n| n.parse::<usize>().ok()).expect("a count"))
+        .sum();
+    assert!(dropped > 0 && dropped <= lines + 1, "{dropped} lines dropped of {lines}");
+    let transcript = paused.transcript();
+    if let Some(summary) = transcript.lines().find(|l| l.starts_with("FLOOD A ")) {
+        let got: usize = summary.split(' ').nth(2).and_then(|n| n.parse().ok()).expect("FLOOD A GOT …");
+        assert_eq!(got + dropped, lines, "every line was either delivered or counted as dropped: {summary}");
+    }
+    assert_eq!(daemon.closed().len(), 0, "nobody was closed: {}", daemon.log_text());
+    let (status, _) = daemon.stop(libc::SIGTERM, secs(30.0));
+    assert_eq!(status.code(), Some(0), "{}", daemon.log_text());
+}

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
-use openssl::ssl::{SslStream, SslVersion};
+use openssl::ssl::SslStream;
 
 use crate::buffer::Buffer;
 use crate::config::{ClientEof, RelayConfig};
@@ -65,7 +65,6 @@ pub struct Relay<'a> {
     upstream: Option<UpstreamStream>,
     config: &'a RelayConfig,
     shutdown: &'a Shutdown,
-    tls13: bool,
     to_upstream: Buffer,
     to_client: Buffer,
     upstream_end: Option<UpstreamEnd>,
@@ -89,7 +88,6 @@ impl<'a> Relay<'a> {
         config: &'a RelayConfig,
         shutdown: &'a Shutdown,
     ) -> Self {
-        let tls13 = tls.ssl().version2() == Some(SslVersion::TLS1_3);
         let upstream_end = if upstream.is_none() { Some(UpstreamEnd::Eof) } else { None };
         Relay {
             id,
@@ -97,7 +95,6 @@ impl<'a> Relay<'a> {
             upstream,
             config,
             shutdown,
-            tls13,
             to_upstream: Buffer::new(BUFFER_SIZE),
             to_client: Buffer::new(BUFFER_SIZE),
             upstream_end,
@@ -269,7 +266,7 @@ impl<'a> Relay<'a> {
         let open = match self.tls.end() {
             None => true,
             // TLS 1.3 lets us keep writing after the client's close_notify; TLS 1.2 does not.
-            Some(TlsEnd::CloseNotify) => self.tls13,
+            Some(TlsEnd::CloseNotify) => self.tls.is_tls13(),
             Some(_) => false,
         };
         open && !self.tls.close_notify_sent() && !self.relay_window_over()
@@ -308,7 +305,7 @@ impl<'a> Relay<'a> {
     fn client_takes_data_already_read(&self) -> bool {
         match self.tls.end() {
             None => true,
-            Some(TlsEnd::CloseNotify) => self.tls13,
+            Some(TlsEnd::CloseNotify) => self.tls.is_tls13(),
             Some(_) => false,
         }
     }
@@ -317,7 +314,7 @@ impl<'a> Relay<'a> {
     fn wants_close_notify(&self) -> bool {
         let upstream_done = matches!(self.upstream_end, Some(UpstreamEnd::Eof));
         match self.tls.end() {
-            Some(TlsEnd::CloseNotify) => !self.tls13 || upstream_done || self.relay_window_over(),
+            Some(TlsEnd::CloseNotify) => !self.tls.is_tls13() || upstream_done || self.relay_window_over(),
             Some(_) => false,
             None => upstream_done || (self.closing.is_some_and(|c| c.by_us) && self.relay_window_over()),
         }

@@ -32,6 +32,47 @@ struct State {
     bytes: VecDeque<u8>,
     /// Set when a line did not fit; cleared once the client has drained half of it.
     full_since: Option<Instant>,
+    /// Lines lost since the client was last told (`! N lines dropped`, DESIGN §5).
+    dropped: u64,
+    /// After the client's close_notify (TLS 1.3): the bytes it still gets, counted down.
+    last_delivery: Option<usize>,
+}
+
+impl State {
+    /// Queues `line` and its `\n` if it fits, behind the notice of any lines lost before it.
+    fn push(&mut self, line: &str) -> bool {
+        let notice = self.dropped_notice();
+        let needed = line.len() + 1 + notice.as_ref().map_or(0, |n| n.len() + 1);
+        if self.bytes.len() + needed > OUTBOX_LIMIT {
+            self.dropped += 1;
+            return false;
+        }
+        if let Some(notice) = notice {
+            self.append(&notice);
+            self.dropped = 0;
+        }
+        self.append(line);
+        true
+    }
+
+    /// Queues the notice of lost lines alone, if there is one and it fits.
+    fn push_dropped_notice(&mut self) {
+        if let Some(notice) = self.dropped_notice() {
+            if self.bytes.len() + notice.len() < OUTBOX_LIMIT {
+                self.append(&notice);
+                self.dropped = 0;
+            }
+        }
+    }
+
+    fn dropped_notice(&self) -> Option<String> {
+        (self.dropped > 0).then(|| format!("! {} lines dropped", self.dropped))
+    }
+
+    fn append(&mut self, line: &str) {
+        self.bytes.extend(line.as_bytes());
+        self.bytes.push_back(b'\n');
+    }
 }
 
 impl Outbox {
@@ -48,15 +89,13 @@ impl Outbox {
     pub fn push_line(&self, line: &str) -> bool {
         let (fits, wake) = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.bytes.len() + line.len() + 1 > OUTBOX_LIMIT {
+            let was_empty = state.bytes.is_empty();
+            if state.push(line) {
+                (true, was_empty)
+            } else {
                 let newly_full = state.full_since.is_none();
                 state.full_since.get_or_insert_with(Instant::now);
                 (false, newly_full)
-            } else {
-                let was_empty = state.bytes.is_empty();
-                state.bytes.extend(line.as_bytes());
-                state.bytes.push_back(b'\n');
-                (true, was_empty)
             }
         };
         if wake {
@@ -65,15 +104,25 @@ impl Outbox {
         fits
     }
 
-    /// Moves up to `buf.len()` queued bytes into `buf`; returns how many.
+    /// Moves up to `buf.len()` queued bytes into `buf` (after [`Outbox::mark_last_delivery`],
+    /// no more than were queued then); returns how many.
     pub fn take(&self, buf: &mut [MaybeUninit<u8>]) -> usize {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let n = buf.len().min(state.bytes.len());
+        let allowed = state.last_delivery.unwrap_or(usize::MAX);
+        let n = buf.len().min(state.bytes.len()).min(allowed);
         for (slot, byte) in buf.iter_mut().zip(state.bytes.drain(..n)) {
             slot.write(byte);
         }
+        if let Some(left) = state.last_delivery.as_mut() {
+            *left -= n;
+        }
         if state.bytes.len() <= OUTBOX_LIMIT / 2 {
             state.full_since = None;
+        }
+        if state.last_delivery.is_none() {
+            // Nothing was queued since lines were lost (or the notice would precede it): with
+            // room again, the client is told now, not only when the next line comes.
+            state.push_dropped_notice();
         }
         if state.bytes.is_empty() {
             // An idle client holds no outbox memory.
@@ -85,6 +134,20 @@ impl Outbox {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).bytes.is_empty()
+    }
+
+    /// The client closed its direction (TLS 1.3 close_notify): what is queued now is the last
+    /// it gets. Called by the hub thread, in order with everything it queued before.
+    pub fn mark_last_delivery(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.last_delivery = Some(state.bytes.len());
+        drop(state);
+        self.notify();
+    }
+
+    /// Everything up to the mark of [`Outbox::mark_last_delivery`] has been taken.
+    pub fn last_delivery_done(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).last_delivery == Some(0)
     }
 
     /// When the outbox became (and stayed) full, if it is.
@@ -160,6 +223,48 @@ mod tests {
         let mut buf = Buffer::new(OUTBOX_LIMIT / 2 + 1);
         outbox.take(buf.space());
         assert!(outbox.full_since().is_none(), "draining half clears the mark");
+    }
+
+    /// Takes everything queued, as the worker does.
+    fn drain(outbox: &Outbox) -> String {
+        let mut buf = Buffer::new(OUTBOX_LIMIT);
+        let n = outbox.take(buf.space());
+        // SAFETY: `take` wrote `n` bytes into the space.
+        unsafe { buf.filled(n) };
+        String::from_utf8(buf.pending().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_reader_that_lost_lines_is_told_how_many_once_it_has_room() {
+        let outbox = Outbox::new().unwrap();
+        let line = "x".repeat(1023);
+        while outbox.push_line(&line) {}
+        assert!(!outbox.push_line("lost too"));
+        assert!(drain(&outbox).ends_with(&format!("{line}\n")));
+        assert_eq!(drain(&outbox), "! 2 lines dropped\n", "told as soon as there is room");
+        assert!(outbox.push_line("next"));
+        assert_eq!(drain(&outbox), "next\n", "told once");
+    }
+
+    #[test]
+    fn the_notice_comes_before_the_next_line_that_fits() {
+        let outbox = Outbox::new().unwrap();
+        while outbox.push_line(&"x".repeat(999)) {} // 262 lines: 144 bytes left
+        assert!(!outbox.push_line(&"y".repeat(2000)), "a long line does not fit");
+        assert!(outbox.push_line("short"), "a short one still does");
+        assert!(drain(&outbox).ends_with("! 2 lines dropped\nshort\n"));
+    }
+
+    #[test]
+    fn after_the_clients_close_notify_only_what_was_queued_then_is_delivered() {
+        let outbox = Outbox::new().unwrap();
+        outbox.push_line("welcome");
+        outbox.mark_last_delivery();
+        outbox.push_line("said later");
+        assert!(!outbox.last_delivery_done());
+        assert_eq!(drain(&outbox), "welcome\n");
+        assert!(outbox.last_delivery_done());
+        assert_eq!(drain(&outbox), "", "nothing past the mark");
     }
 
     #[test]

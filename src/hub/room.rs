@@ -22,6 +22,11 @@ pub enum HubMsg {
     LineTooLong {
         id: u64,
     },
+    /// The client's closure began: what its outbox holds once this is handled, in order
+    /// after its Join and its lines, is the last it gets.
+    LastDelivery {
+        id: u64,
+    },
     Leave {
         id: u64,
         reason: LeaveReason,
@@ -81,6 +86,7 @@ fn run(rx: Receiver<HubMsg>) {
             HubMsg::Join { id, outbox } => hub.join(id, outbox),
             HubMsg::Line { id, text } => hub.line(id, &text),
             HubMsg::LineTooLong { id } => hub.too_long(id),
+            HubMsg::LastDelivery { id } => hub.last_delivery(id),
             HubMsg::Leave { id, reason } => hub.leave(id, reason),
         }
     }
@@ -129,6 +135,12 @@ impl Hub {
         if let Some(member) = self.members.get(&id) {
             member.outbox.line_handled();
             member.outbox.push_line(&format!("! line too long (max {MAX_LINE} bytes)"));
+        }
+    }
+
+    fn last_delivery(&self, id: u64) {
+        if let Some(member) = self.members.get(&id) {
+            member.outbox.mark_last_delivery();
         }
     }
 

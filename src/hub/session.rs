@@ -71,6 +71,10 @@ pub struct Session<'a> {
     /// Set when the server decided to close; the announcement is queued once.
     server_close: Option<ServerClose>,
     announced: bool,
+    /// A closure began (the client's TLS 1.3 close_notify, or ours but for too slow and fast
+    /// stops): the client still gets what the hub had queued for it then, up to the hub's mark
+    /// in its outbox (DESIGN §3, §7), before the closing line and our close_notify.
+    last_delivery: bool,
     deadline: Option<Instant>,
     last_activity: Instant,
     handshake_memory: handshake_memory::Release,
@@ -100,6 +104,7 @@ impl<'a> Session<'a> {
             to_client: Buffer::new(WRITE_CHUNK),
             server_close: None,
             announced: false,
+            last_delivery: false,
             deadline: None,
             last_activity: Instant::now(),
             handshake_memory: handshake_memory::Release::after_handshake(),
@@ -188,6 +193,9 @@ impl<'a> Session<'a> {
             Err(TlsStatus::Blocked(_)) => false,
             Err(TlsStatus::Ended(end)) => {
                 debug!("conn {} client ended: {end:?}", self.id);
+                if self.tls.half_closed() && self.server_close.is_none() {
+                    self.deliver_what_is_queued();
+                }
                 true
             }
         }
@@ -219,7 +227,18 @@ impl<'a> Session<'a> {
         if self.server_close.is_none() && self.tls.end().is_none() {
             debug!("conn {} closing: {}", self.id, reason.text());
             self.server_close = Some(reason);
+            // A client too slow to read gets nothing more; any other still gets what was
+            // queued for it (a client accepted just before an upgrade: its welcome).
+            if reason != ServerClose::TooSlow {
+                self.deliver_what_is_queued();
+            }
         }
+    }
+
+    /// Asks the hub to mark what the outbox holds now as the last the client gets.
+    fn deliver_what_is_queued(&mut self) {
+        self.last_delivery = true;
+        let _ = self.hub.send(HubMsg::LastDelivery { id: self.id });
     }
 
     // ---- hub → client ----
@@ -228,7 +247,7 @@ impl<'a> Session<'a> {
         if self.tls.broken() || self.tls.close_notify_sent() || !self.tls.may_write() {
             return false;
         }
-        if self.tls.end().is_some() && !self.tls.write_in_progress() {
+        if self.tls.end().is_some() && !self.last_delivery && !self.tls.write_in_progress() {
             // The client closed: it gets our close_notify at once (TLS 1.2 forbids more data).
             self.to_client.discard();
         }
@@ -245,29 +264,37 @@ impl<'a> Session<'a> {
         progress
     }
 
-    /// Refills `to_client`: from the outbox while open, then the closing announcement.
+    /// Refills `to_client`: from the outbox while open, and once a closure began only up to
+    /// the hub's mark; then the closing announcement.
     fn fill_to_client(&mut self) -> bool {
-        if self.tls.end().is_some() {
-            return false; // the client closed: reply with close_notify at once
+        if self.tls.end().is_some() && !self.last_delivery {
+            return false; // the client closed (TLS 1.2): reply with close_notify at once
         }
-        if let Some(reason) = self.server_close {
-            if self.announced {
-                return false;
+        if self.server_close.is_none() || self.last_delivery {
+            let n = self.outbox.take(self.to_client.space());
+            // SAFETY: `take` wrote `n` bytes into the space.
+            unsafe { self.to_client.filled(n) };
+            if n > 0 {
+                return true;
             }
-            self.announced = true;
-            let line = format!("* closing: {}\n", reason.text());
-            self.to_client.push(line.as_bytes());
-            return true;
         }
-        let n = self.outbox.take(self.to_client.space());
-        // SAFETY: `take` wrote `n` bytes into the space.
-        unsafe { self.to_client.filled(n) };
-        n > 0
+        if self.last_delivery && !self.outbox.last_delivery_done() {
+            return false; // the hub's mark has not come yet
+        }
+        match self.server_close {
+            Some(reason) if !self.announced => {
+                self.announced = true;
+                let line = format!("* closing: {}\n", reason.text());
+                self.to_client.push(line.as_bytes());
+                true
+            }
+            _ => false,
+        }
     }
 
     fn wants_close_notify(&self) -> bool {
         match self.tls.end() {
-            Some(TlsEnd::CloseNotify) => true,
+            Some(TlsEnd::CloseNotify) => !self.last_delivery || self.outbox.last_delivery_done(),
             Some(_) => false,
             None => self.announced,
         }
@@ -286,7 +313,8 @@ impl<'a> Session<'a> {
         let open = !self.closing();
         // Polled while open, and cleared on every wake-up: it tells of new lines, of room to
         // send more, and of a full outbox (the too-slow clock).
-        let outbox_slot = if open { set.add(self.outbox.fd(), true, false) } else { None };
+        let outbox_slot =
+            if open || self.last_delivery { set.add(self.outbox.fd(), true, false) } else { None };
         let stop_slot = if open { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
         set.wait(self.next_deadline())?;
@@ -298,6 +326,7 @@ impl<'a> Session<'a> {
         }
         if set.ready(fast_slot) {
             self.close_by_server(ServerClose::Shutdown);
+            self.last_delivery = false; // a fast stop waits for nothing
             self.deadline = Some(Instant::now());
         } else if set.ready(stop_slot) {
             self.close_by_server(match self.shutdown.reason() {

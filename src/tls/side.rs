@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
-use openssl::ssl::{self, SslStream};
+use openssl::ssl::{self, SslStream, SslVersion};
 
 use crate::buffer::Buffer;
 use crate::sys::{PollSet, Slot};
@@ -24,6 +24,8 @@ pub struct TlsSide {
     write_in_progress: bool,
     bytes_in: u64,
     bytes_out: u64,
+    /// TLS 1.3 lets us write after the peer's close_notify (RFC 8446 §6.1); TLS 1.2 does not.
+    tls13: bool,
     /// How the peer's side ended: read from the stream, or learnt from a write that failed.
     end: Option<TlsEnd>,
     close_notify_sent: bool,
@@ -32,7 +34,9 @@ pub struct TlsSide {
 impl TlsSide {
     /// Takes a stream whose handshake is done and whose socket is non-blocking.
     pub fn new(stream: SslStream<TcpStream>) -> Self {
+        let tls13 = stream.ssl().version2() == Some(SslVersion::TLS1_3);
         TlsSide {
+            tls13,
             stream,
             read_waits: None,
             write_waits: None,
@@ -143,6 +147,16 @@ impl TlsSide {
     /// from the stream, or a write that failed (then always unclean, see [`broken_by`]).
     pub fn end(&self) -> Option<&TlsEnd> {
         self.end.as_ref()
+    }
+
+    /// The peer closed its direction cleanly and we may still write to it (TLS 1.3 only).
+    pub fn half_closed(&self) -> bool {
+        self.tls13 && self.end == Some(TlsEnd::CloseNotify)
+    }
+
+    /// Whether we may write after the peer's close_notify: TLS 1.3 yes, TLS 1.2 no.
+    pub fn is_tls13(&self) -> bool {
+        self.tls13
     }
 
     /// The stream is cut (no close_notify, reset, error): nothing can be written to it any more.
