@@ -33,7 +33,9 @@ impl UpstreamStream {
     }
 
     /// Bytes sent that a reset could still destroy. On a unix socket a close destroys
-    /// nothing already sent (the peer reads it, then EOF), so there is nothing to wait for.
+    /// nothing already sent (the peer reads it, then EOF), so there is nothing to wait for;
+    /// TIOCOUTQ would work there too, but counts buffer memory (2304 for 1000 B unread), not
+    /// bytes.
     pub fn unsent_bytes(&self) -> io::Result<usize> {
         match self {
             UpstreamStream::Tcp(s) => sys::unsent_bytes(s),
