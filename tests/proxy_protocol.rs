@@ -252,6 +252,14 @@ fn accept_proxy_v2_header_names_the_client_in_the_log_and_the_header_sent_on() {
 }
 
 #[test]
+fn accept_proxy_tcp6_header_names_an_ipv6_client() {
+    let b = balanced(&[]);
+    let local = b.serve(b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n", &ping());
+    b.daemon.wait_for_log(&format!("conn 1 from [2001:db8::7]:51000 via {local} accepted"), PEER);
+    assert_eq!(b.next_line(), "PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n");
+}
+
+#[test]
 fn accept_proxy_header_in_many_small_segments_is_accepted_within_the_deadline() {
     let b = balanced(&["--handshake-timeout", "6"]);
     let gap = Duration::from_millis(25);
@@ -339,6 +347,33 @@ fn accept_proxy_silent_balancer_connections_time_out_without_stalling_others() {
         tcp.set_read_timeout(Some(PEER)).unwrap();
         assert!(matches!(tcp.read(&mut [0u8; 8]), Ok(0) | Err(_)), "closed by the relay");
     }
+}
+
+/// A header trickling in slower than the deadline allows is refused at the deadline, with
+/// what had arrived; the trickle does not extend it.
+#[test]
+fn accept_proxy_header_trickling_past_the_deadline_is_refused_at_the_deadline() {
+    let b = balanced(&["--handshake-timeout", "1"]);
+    let mut tcp = TcpStream::connect(b.daemon.addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+    let t0 = Instant::now();
+    let header = v1_header("203.0.113.7:51000", "198.51.100.1:443");
+    // One byte every 150 ms (the whole line would take 6 s); when does the relay close?
+    let mut closed_after = None;
+    for byte in &header {
+        let _ = std::io::Write::write_all(&mut tcp, &[*byte]);
+        match tcp.read(&mut [0u8; 8]) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            _ => {
+                closed_after = Some(t0.elapsed());
+                break;
+            }
+        }
+    }
+    let closed_after = closed_after.expect("the relay never closed the trickling connection");
+    assert!(closed_after < Duration::from_millis(2000), "closed only after {closed_after:?}");
+    let line = b.daemon.wait_for_log("conn 1 from 127.0.0.1:", PEER);
+    assert!(line.contains("refused: no complete PROXY header within the handshake timeout"), "{line}");
 }
 
 /// The spec: a receiver must not guess. A header from a source not listed is refused with
