@@ -21,6 +21,7 @@ if [ "${1:-test}" != build ]; then
     need python3 python3
     need prlimit util-linux
     need setcap libcap2-bin
+    need strace strace # the ignored stop-race tests of close_semantics.rs
     # Real PROXY protocol consumers and the balancer in front (tests/proxy_*.rs).
     need nginx nginx
     need haproxy haproxy

@@ -2,6 +2,9 @@
 //! in tests/peers/connect_server.py, `openssl s_server`) and against `tlsrelay serve` itself.
 //! Every wait has a deadline; every child is killed when its guard drops; ports are 127.0.0.1:0.
 
+mod common;
+
+use common::daemon::PidFileGuard;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener};
 use std::path::{Path, PathBuf};
@@ -55,7 +58,18 @@ impl Proc {
 
     /// The first (`nth` = 1) or a later complete line of `stream` containing `text`.
     fn wait_line(&self, stream: &Lines, text: &str, nth: usize) -> (Instant, String) {
-        let until = Instant::now() + DEADLINE;
+        self.wait_line_within(stream, text, nth, DEADLINE)
+    }
+
+    /// [`Proc::wait_line`] for a line that may take longer than [`DEADLINE`].
+    fn wait_line_within(
+        &self,
+        stream: &Lines,
+        text: &str,
+        nth: usize,
+        within: Duration,
+    ) -> (Instant, String) {
+        let until = Instant::now() + within;
         loop {
             let found = stream
                 .lock()
@@ -78,6 +92,10 @@ impl Proc {
 
     fn wait_stdout(&self, text: &str) -> (Instant, String) {
         self.wait_line(&self.stdout, text, 1)
+    }
+
+    fn wait_stdout_nth(&self, text: &str, nth: usize) -> (Instant, String) {
+        self.wait_line(&self.stdout, text, nth)
     }
 
     fn write(&mut self, data: &[u8]) {
@@ -194,6 +212,13 @@ impl Peer {
     fn time(&self, event: &str, conn: u32) -> f64 {
         field(&self.event(event, conn), "t").parse().unwrap()
     }
+
+    /// [`Peer::time`] for an event that may take up to `within`.
+    fn time_within(&self, event: &str, conn: u32, within: Duration) -> f64 {
+        let needle = format!("\"event\": \"{event}\", \"conn\": {conn},");
+        let (_, line) = self.proc.wait_line_within(&self.proc.stdout, &needle, 1, within);
+        field(&line, "t").parse().unwrap()
+    }
 }
 
 /// The raw text of `key`'s value in one flat JSON line (quotes removed).
@@ -223,11 +248,6 @@ fn serve(certs: &Path, args: &[&str]) -> (Proc, u16) {
     let (_, line) = proc.wait_stderr("listening on 127.0.0.1:");
     let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
     (proc, port)
-}
-
-/// A port on which nothing listens.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn lines(text: &str) -> Vec<&str> {
@@ -413,7 +433,8 @@ fn mutual_tls_presents_the_client_certificate() {
 #[test]
 fn unreachable_servers_and_unreadable_files_exit_1_with_one_line() {
     let dir = certs();
-    let target = format!("127.0.0.1:{}", closed_port());
+    let closed = common::closed_port();
+    let target = closed.addr().to_string();
     let mut client = connect(&[&target, "--ca", &file(dir.path(), "ca.crt")]);
     assert_eq!(client.exit(), 1);
     assert_eq!(client.stderr(), format!("tlsrelay: cannot connect to {target}: connection refused\n"));
@@ -585,6 +606,54 @@ fn reconnect_backs_off_exponentially_across_a_server_restart() {
     assert_eq!(field(&second.event("end", 0), "client_end"), "clean");
 }
 
+/// A connection that lived 30 s or more starts the reconnection schedule over (DESIGN §2);
+/// a shorter one does not. Two clients side by side (--reconnect-min 0.25), each with its own
+/// server whose connections 0-2 end at once without an announcement, so the waits double
+/// (0.25, 0.5, 1 s), and whose connection 3 then lives 31 s, or 27 s for the control. After
+/// it, the first client waits the first step again (0.2-0.25 s); the control waits 1.6-2 s.
+#[test]
+fn a_connection_that_lived_30_s_starts_the_backoff_over() {
+    let dir = certs();
+    let ca = file(dir.path(), "ca.crt");
+    let run = |lived: &str| {
+        let server = peer(
+            dir.path(),
+            &["--connections", "5", "--send", "up\\n", "--timeout", "90", "--end", "clean"]
+                .into_iter()
+                .chain(["--pause", "0", "--pause", "0", "--pause", "0", "--pause", lived, "--pause", "0"])
+                .chain([
+                    "--read", "none", "--read", "none", "--read", "none", "--read", "none", "--read", "wait",
+                ])
+                .collect::<Vec<_>>(),
+        );
+        let args = ["--reconnect", "--reconnect-min", "0.25", "--reconnect-max", "4", "--verbose"];
+        let client = connect(&[&[server.addr().as_str(), "--ca", &ca], &args[..]].concat());
+        (server, client)
+    };
+    let (stable, mut stable_client) = run("31");
+    let (short, mut short_client) = run("27");
+
+    // The two run at once: the whole test takes about 33 s.
+    let within = Duration::from_secs(60);
+    for (server, lived, want) in [(&stable, 31.0, 0.19..0.75), (&short, 27.0, 1.59..3.0)] {
+        let gap = server.time_within("accept", 4, within) - server.time_within("end", 3, within);
+        let lasted = server.time("end", 3) - server.time("accept", 3);
+        assert!((lived..lived + 1.5).contains(&lasted), "connection 3 lived {lasted:.2} s, not {lived} s");
+        assert!(
+            want.contains(&gap),
+            "after a connection of {lived} s the client came back after {gap:.3} s, want {want:?} s\n\
+             client after 31 s: {}\nclient after 27 s: {}",
+            stable_client.dump(),
+            short_client.dump()
+        );
+    }
+    for client in [&mut stable_client, &mut short_client] {
+        client.wait_stdout_nth("up", 5);
+        client.close_stdin();
+        assert_eq!(client.exit(), 0, "{}", client.dump());
+    }
+}
+
 /// After `* closing: shutdown` the first retry comes after 0.5–0.6 s (--reconnect-min 1), and
 /// the only line on stderr is the reconnection's.
 #[test]
@@ -646,20 +715,6 @@ fn quit_in_the_hub_ends_without_reconnecting() {
     assert_eq!(client.exit(), 0, "{}", client.dump());
     assert!(client.stdout().ends_with(b"* closing: quit\n"), "{}", client.dump());
     assert_eq!(client.stderr(), "");
-}
-
-/// The upgraded hub process is not our child: stop it through its pid file.
-struct PidFileGuard(PathBuf);
-
-impl Drop for PidFileGuard {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: kill(2) on the pid our own hub wrote.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
 }
 
 #[test]

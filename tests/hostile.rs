@@ -7,11 +7,11 @@
 mod common;
 mod hostile_support;
 
+use common::hub_client::HubClient;
+use common::tls_client::{self, End};
 use common::upstream::echo;
 use common::*;
-use hostile_support::client::{self, End};
 use hostile_support::flood::{self, Expect, Outcome, Plan};
-use hostile_support::hub::Hub;
 use hostile_support::raw::{self, RawEnd};
 use hostile_support::upstream::Flapping;
 use hostile_support::{
@@ -35,7 +35,7 @@ fn serial() -> MutexGuard<'static, ()> {
 const STEP: Duration = Duration::from_secs(10);
 
 fn tls_for(certs: &Certs) -> openssl::ssl::SslConnector {
-    client::connector(&certs.ca(), None, None)
+    tls_client::connector(&certs.ca(), None, None)
 }
 
 fn percentile(times: &mut [Duration], p: f64) -> Duration {
@@ -108,7 +108,7 @@ fn slowloris_half_hellos_are_dropped_at_handshake_timeout_and_others_are_served(
     const TIMEOUT: f64 = 3.0;
     let f = forward(echo(), &["--max-clients", "2000", "--handshake-timeout", "3"]);
     let tls = tls_for(&f.certs);
-    let hello = client::client_hello(&tls);
+    let hello = tls_client::client_hello(&tls);
     let half = &hello[..hello.len() / 2];
 
     let t0 = Instant::now();
@@ -118,9 +118,9 @@ fn slowloris_half_hellos_are_dropped_at_handshake_timeout_and_others_are_served(
 
     // A good client while every stalled one still holds its handshake.
     let t = Instant::now();
-    let mut good = client::connect(f.daemon.addr(), &tls, STEP).expect("good client during slowloris");
-    client::round_trip(&mut good, b"served meanwhile\n").expect("round trip during slowloris");
-    let (_, end) = client::close_and_wait(&mut good);
+    let mut good = tls_client::connect(f.daemon.addr(), &tls, STEP).expect("good client during slowloris");
+    tls_client::round_trip(&mut good, b"served meanwhile\n").expect("round trip during slowloris");
+    let (_, end) = tls_client::close_and_wait(&mut good);
     let good_took = t.elapsed();
     assert_eq!(end, End::Clean);
     assert!(good_took < secs(1.0), "the good client took {good_took:?}");
@@ -202,8 +202,9 @@ fn past_max_clients_the_rest_are_closed_before_any_handshake_and_logged_with_cou
 
     for (i, c) in conns.iter_mut().filter(|c| c.tls.is_some()).enumerate() {
         let tls = c.tls.as_mut().unwrap();
-        client::round_trip(tls, b"still working\n").unwrap_or_else(|e| panic!("admitted client {i}: {e}"));
-        let (_, end) = client::close_and_wait(tls);
+        tls_client::round_trip(tls, b"still working\n")
+            .unwrap_or_else(|e| panic!("admitted client {i}: {e}"));
+        let (_, end) = tls_client::close_and_wait(tls);
         assert_eq!(end, End::Clean, "admitted client {i}");
     }
 }
@@ -331,7 +332,7 @@ fn per_ip_cap_refuses_the_11th_from_one_address_while_others_are_served() {
 
     // One 127.0.0.1 client leaves cleanly: its slot comes back.
     let mut leaving = ten.remove(0).tls.unwrap();
-    let (_, end) = client::close_and_wait(&mut leaving);
+    let (_, end) = tls_client::close_and_wait(&mut leaving);
     assert_eq!(end, End::Clean);
     daemon.wait_for_log(" closed: clean", STEP);
     // The slot is given back just after that line; a try in between is refused, not served.
@@ -360,7 +361,7 @@ enum Trial {
 fn flapping_trial(addr: std::net::SocketAddr, tls: &openssl::ssl::SslConnector, seed: u64) -> Trial {
     use std::io::Write;
     let payload = raw::Rng::new(seed).bytes(4096);
-    let mut s = match client::connect(addr, tls, STEP) {
+    let mut s = match tls_client::connect(addr, tls, STEP) {
         Ok(s) => s,
         Err(e) => return Trial::Violation(format!("handshake: {e}")),
     };
@@ -375,11 +376,11 @@ fn flapping_trial(addr: std::net::SocketAddr, tls: &openssl::ssl::SslConnector, 
         }
         thread::sleep(Duration::from_millis(15));
     }
-    match client::read_exact_or_end(&mut s, payload.len()) {
+    match tls_client::read_exact_or_end(&mut s, payload.len()) {
         Ok(bytes) => got = bytes,
         Err((bytes, end)) => return judge(&payload, &bytes, end),
     }
-    let (more, end) = client::close_and_wait(&mut s);
+    let (more, end) = tls_client::close_and_wait(&mut s);
     got.extend_from_slice(&more);
     judge(&payload, &got, end)
 }
@@ -480,7 +481,7 @@ fn many_short_connections_leak_no_threads_or_descriptors() {
     const BUDGET: f64 = 60.0;
     let f = forward(echo(), &[]);
     let (pid, addr, tls) = (f.daemon.pid(), f.daemon.addr(), tls_for(&f.certs));
-    let half_hello = client::client_hello(&tls)[..100].to_vec();
+    let half_hello = tls_client::client_hello(&tls)[..100].to_vec();
     for i in 0..20 {
         short_connection(addr, &tls, &half_hello, i);
     }
@@ -537,10 +538,10 @@ fn short_connection(
         tcp.write_all(half_hello).unwrap();
         return;
     }
-    let mut s = client::connect(addr, tls, STEP).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-    client::round_trip(&mut s, b"x").unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    let mut s = tls_client::connect(addr, tls, STEP).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    tls_client::round_trip(&mut s, b"x").unwrap_or_else(|e| panic!("connection {i}: {e}"));
     match i % 4 {
-        0 => assert_eq!(client::close_and_wait(&mut s).1, End::Clean, "connection {i}"),
+        0 => assert_eq!(tls_client::close_and_wait(&mut s).1, End::Clean, "connection {i}"),
         1 => {}                                              // dropped: FIN without close_notify
         _ => common::upstream::set_linger_zero(s.get_ref()), // dropped: RST
     }
@@ -585,13 +586,14 @@ fn hub_abuse_affects_only_the_abuser() {
     let flood_secs = flood_lines as f64 / LINES_PER_SEC as f64;
     let certs = Certs::new();
     let daemon = Daemon::start(&certs, &["--close-timeout", "2"]);
-    let connect = |args: &[&str]| Hub::connect(&daemon, &certs, args);
+    let connect =
+        |args: &[&str]| HubClient::connect_with(&daemon, &certs, &[&["--timeout", "120"], args].concat());
     let (mut w1, mut w2) = (connect(&[]), connect(&[]));
     let (mut long, mut flooder, mut garbage) = (connect(&[]), connect(&[]), connect(&[]));
     let mut stalled = connect(&["--rcvbuf", "4096"]);
     for c in [&w1, &w2, &long, &flooder, &garbage] {
         let joined = format!("* {} joined", stalled.nick);
-        c.wait_line(STEP, |l| l == joined);
+        c.wait_line(&joined, STEP);
     }
     stalled.command("pause");
     let t0 = Instant::now();
@@ -624,9 +626,9 @@ fn hub_abuse_affects_only_the_abuser() {
     // The long line: one error to its sender, nothing of it to anyone else, and the sender
     // is still heard.
     let too_long = "! line too long (max 4096 bytes)";
-    long.wait_line(STEP, |l| l == too_long);
+    long.wait_line(too_long, STEP);
     let after = format!("<{}> after the long line", long.nick);
-    w1.wait_line(STEP, |l| l == after);
+    w1.wait_line(&after, STEP);
     assert_eq!(long.lines().iter().filter(|l| *l == too_long).count(), 1, "one error per long line");
     let from_long = format!("<{}> ", long.nick);
     let relayed: Vec<String> = w1.lines().into_iter().filter(|l| l.starts_with(&from_long)).collect();
@@ -634,7 +636,7 @@ fn hub_abuse_affects_only_the_abuser() {
 
     // The garbage: exactly its lines, in order, sanitised.
     let done = format!("<{}> garbage done", garbage.nick);
-    w1.wait_line(STEP, |l| l == done);
+    w1.wait_line(&done, STEP);
     let prefix = format!("<{}> ", garbage.nick);
     let got: Vec<String> =
         w1.lines().into_iter().filter_map(|l| l.strip_prefix(&prefix).map(str::to_string)).collect();
@@ -651,7 +653,7 @@ fn hub_abuse_affects_only_the_abuser() {
     // The reader that stopped: closed as too slow, and only it.
     let left = format!("* {} left (too slow)", stalled.nick);
     for c in [&w1, &w2, &long, &flooder, &garbage] {
-        c.wait_line(secs(30.0), |l| l == left);
+        c.wait_line(&left, secs(30.0));
     }
     eprintln!("hub abuse: the stalled reader left after {:?}", t0.elapsed());
     daemon.wait_for_log(" closed: ", STEP);
@@ -663,8 +665,8 @@ fn hub_abuse_affects_only_the_abuser() {
     w2.say("final");
     let fin = format!("<{}> final", w2.nick);
     for c in [&w1, &long, &flooder, &garbage] {
-        c.wait_line(STEP, |l| l == fin);
-        assert!(!c.has_output("END "), "{} was closed: {}", c.nick, c.transcript());
+        c.wait_line(&fin, STEP);
+        assert!(!c.ended(), "{} was closed: {}", c.nick, c.transcript());
     }
     for c in [&w1, &w2, &long, &flooder, &garbage] {
         let others_left: Vec<String> = c.lines().into_iter().filter(|l| l.contains(" left (")).collect();

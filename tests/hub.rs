@@ -2,10 +2,9 @@
 //! `ssl` (tests/peers/hub_client.py, suppress_ragged_eofs=False), gnutls-cli, openssl s_client.
 
 mod common;
-mod hub_support;
 
+use common::hub_client::{HubClient, LINE_DEADLINE};
 use common::{gnutls, python, s_client, secs, Certs, Daemon};
-use hub_support::{HubClient, LINE_DEADLINE};
 use std::time::Instant;
 
 const WELCOME_TAIL: &str = ". Commands: /nick NAME, /who, /me TEXT, /quit";

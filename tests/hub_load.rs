@@ -2,10 +2,9 @@
 //! client that stops reading while others chat hard. Tests here run one at a time.
 
 mod common;
-mod hub_support;
 
+use common::hub_client::{HubClient, ManyClients, LINE_DEADLINE};
 use common::{secs, Certs, Daemon};
-use hub_support::{HubClient, ManyClients, LINE_DEADLINE};
 use std::sync::Mutex;
 
 /// These tests each load the machine; running them side by side would only add noise.

@@ -6,9 +6,9 @@
 mod common;
 mod hostile_support;
 
+use common::tls_client::{self, End};
 use common::*;
 use hostile_support::assert_log_count;
-use hostile_support::client::{self, End};
 use openssl::ssl::SslVersion;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,14 +83,14 @@ fn attempt(
     cert: Option<(&Path, &Path)>,
     version: SslVersion,
 ) -> Result<String, String> {
-    let tls = client::connector(&certs.ca(), cert, Some(version));
-    let tcp = client::tcp_connect(daemon.addr(), None, STEP).expect("connect");
+    let tls = tls_client::connector(&certs.ca(), cert, Some(version));
+    let tcp = tls_client::tcp_connect(daemon.addr(), None, STEP).expect("connect");
     tcp.set_read_timeout(Some(STEP)).unwrap();
     let local = tcp.local_addr().unwrap().to_string();
     let served = tls.connect("localhost", tcp).map_err(|e| e.to_string()).and_then(|mut s| {
-        let welcome = client::read_line(&mut s).map_err(|e| format!("{e:?}"))?;
+        let welcome = tls_client::read_line(&mut s).map_err(|e| format!("{e:?}"))?;
         assert!(welcome.starts_with(b"* welcome to tlsrelay"), "{welcome:?}");
-        assert_eq!(client::close_and_wait(&mut s).1, End::Clean);
+        assert_eq!(tls_client::close_and_wait(&mut s).1, End::Clean);
         Ok(())
     });
     let accepted = daemon.wait_for_log(&format!("from {local} accepted"), STEP);

@@ -6,9 +6,9 @@
 mod common;
 mod hostile_support;
 
+use common::tls_client;
 use common::*;
 use hostile_support::assert_log_count;
-use hostile_support::client;
 use hostile_support::probe::{self, Probe};
 use hostile_support::raw::{self, RawEnd};
 use openssl::ssl::SslVersion;
@@ -51,11 +51,13 @@ fn hub(certs: &Certs, extra: &[&str]) -> Daemon {
 
 /// A good client right after a bad one: handshake, the welcome line, a clean close.
 fn assert_serves_a_good_client(daemon: &Daemon, certs: &Certs, after: &str) {
-    let tls = client::connector(&certs.ca(), None, None);
-    let mut s = client::connect(daemon.addr(), &tls, STEP).unwrap_or_else(|e| panic!("after {after}: {e}"));
-    let welcome = client::read_line(&mut s).unwrap_or_else(|e| panic!("after {after}: no welcome: {e:?}"));
+    let tls = tls_client::connector(&certs.ca(), None, None);
+    let mut s =
+        tls_client::connect(daemon.addr(), &tls, STEP).unwrap_or_else(|e| panic!("after {after}: {e}"));
+    let welcome =
+        tls_client::read_line(&mut s).unwrap_or_else(|e| panic!("after {after}: no welcome: {e:?}"));
     assert!(welcome.starts_with(b"* welcome to tlsrelay"), "after {after}: {welcome:?}");
-    assert_eq!(client::close_and_wait(&mut s).1, client::End::Clean, "after {after}");
+    assert_eq!(tls_client::close_and_wait(&mut s).1, tls_client::End::Clean, "after {after}");
 }
 
 /// Sends `bytes` raw; the server must end the connection having sent nothing but TLS alerts,
@@ -138,8 +140,8 @@ fn sslv2_and_sslv3_hellos_are_refused_with_a_protocol_version_alert() {
     }
     // A real TLS 1.2 ClientHello rewritten to say SSL 3.0 in the record and the hello. SSL 3.0
     // has no protocol_version alert, so OpenSSL answers an SSL 3.0 peer with handshake_failure.
-    let tls12 = client::connector(&certs.ca(), None, Some(SslVersion::TLS1_2));
-    let mut hello = client::client_hello(&tls12);
+    let tls12 = tls_client::connector(&certs.ca(), None, Some(SslVersion::TLS1_2));
+    let mut hello = tls_client::client_hello(&tls12);
     hello[1..3].copy_from_slice(&[3, 0]);
     hello[9..11].copy_from_slice(&[3, 0]);
     let (alerts, reason) = refused_raw(&daemon, &certs, "SSLv3 hello", &hello);

@@ -4,56 +4,23 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::daemon::PidFileGuard;
 use common::process::Proc;
+use common::tls_client::{self, read_text_line, read_to_end, End};
 use common::{run_to_exit, secs, Certs, Daemon};
-use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslStream};
+use openssl::ssl::SslStream;
 
 /// Serialises these tests: each runs several daemons and a connection loop.
 static LOCK: Mutex<()> = Mutex::new(());
 
-fn connector(ca: &Path) -> SslConnector {
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    builder.set_ca_file(ca).unwrap();
-    builder.build()
-}
-
-/// Connects and finishes the handshake (with a read deadline for everything after).
-fn tls_connect(port: u16, connector: &SslConnector) -> Result<SslStream<TcpStream>, String> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    tcp.set_read_timeout(Some(secs(5.0))).unwrap();
-    connector.connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))
-}
-
-/// Reads one `\n`-terminated line from a TLS stream.
-fn read_line(tls: &mut SslStream<TcpStream>) -> Result<String, String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while !line.ends_with(b"\n") {
-        match tls.ssl_read(&mut byte) {
-            Ok(_) => line.push(byte[0]),
-            Err(e) => return Err(format!("read: {e} (after {:?})", String::from_utf8_lossy(&line))),
-        }
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
-}
-
-/// Reads to the end; returns the bytes and whether the end was the server's close_notify.
-fn read_to_end(tls: &mut SslStream<TcpStream>) -> (Vec<u8>, bool) {
-    let mut data = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        match tls.ssl_read(&mut chunk) {
-            Ok(n) => data.extend_from_slice(&chunk[..n]),
-            Err(e) => return (data, e.code() == ErrorCode::ZERO_RETURN),
-        }
-    }
-}
+/// Deadline for each step of a test client (connect, handshake, one read).
+const STEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn serial_of(tls: &SslStream<TcpStream>) -> String {
     let cert = tls.ssl().peer_certificate().expect("server certificate");
@@ -69,39 +36,25 @@ fn is_alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// Upgraded daemons are not our children: stop whatever the pid file names, even on panic.
-struct PidFileGuard(PathBuf);
-
-impl Drop for PidFileGuard {
-    fn drop(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(&self.0) {
-            if let Ok(pid) = text.trim().parse::<i32>() {
-                // SAFETY: plain kill(2) on a pid our test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
 /// Opens connections in a loop until told to stop, counting each attempt in `attempts`:
 /// (successes, failures). A success is a client served: its first line is the hub's welcome
 /// (DESIGN §7: whichever process accepted it serves it; `* closing: upgrade` first is a
 /// client kicked before service).
 fn connection_loop(
-    port: u16,
+    addr: SocketAddr,
     ca: PathBuf,
     stop: Arc<AtomicBool>,
     attempts: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<(u64, Vec<String>)> {
     std::thread::spawn(move || {
-        let connector = connector(&ca);
+        let connector = tls_client::connector(&ca, None, None);
         let (mut ok, mut failures) = (0u64, Vec::new());
         let deadline = Instant::now() + secs(120.0);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             attempts.fetch_add(1, Ordering::Relaxed);
-            match tls_connect(port, &connector)
-                .and_then(|mut tls| read_line(&mut tls).map(|line| (tls, line)))
-            {
+            match tls_client::connect(addr, &connector, STEP).and_then(|mut tls| {
+                read_text_line(&mut tls).map(|line| (tls, line)).map_err(|end| format!("read: {end:?}"))
+            }) {
                 Ok((mut tls, line)) if line.starts_with("* welcome") => {
                     let _ = tls.shutdown();
                     ok += 1;
@@ -126,11 +79,11 @@ fn three_upgrades_under_a_connection_loop_refuse_nothing_and_close_old_sessions_
     let _guard = PidFileGuard(pid_file.clone());
     let daemon = Daemon::start(&certs, &["--pid-file", pid_file.to_str().unwrap(), "--close-timeout", "2"]);
     let first_pid = read_pid(&pid_file);
-    let connector = connector(&certs.ca());
+    let connector = tls_client::connector(&certs.ca(), None, None);
     let stop = Arc::new(AtomicBool::new(false));
     let attempts = Arc::new(AtomicU64::new(0));
     let loopers: Vec<_> = (0..LOOPS)
-        .map(|_| connection_loop(daemon.port(), certs.ca(), stop.clone(), attempts.clone()))
+        .map(|_| connection_loop(daemon.addr(), certs.ca(), stop.clone(), attempts.clone()))
         .collect();
 
     for round in 1..=3 {
@@ -141,9 +94,10 @@ fn three_upgrades_under_a_connection_loop_refuse_nothing_and_close_old_sessions_
         {
             std::thread::sleep(secs(0.01));
         }
-        let mut old: Vec<_> = (0..2).map(|_| tls_connect(daemon.port(), &connector).unwrap()).collect();
+        let mut old: Vec<_> =
+            (0..2).map(|_| tls_client::connect(daemon.addr(), &connector, STEP).unwrap()).collect();
         for tls in &mut old {
-            assert!(read_line(tls).unwrap().starts_with("* welcome"));
+            assert!(read_text_line(tls).unwrap().starts_with("* welcome"));
         }
         let before = read_pid(&pid_file);
         let (status, stderr) =
@@ -152,12 +106,12 @@ fn three_upgrades_under_a_connection_loop_refuse_nothing_and_close_old_sessions_
         let after = read_pid(&pid_file);
         assert_ne!(before, after, "the pid file names the new process");
         for tls in &mut old {
-            let (rest, clean) = read_to_end(tls);
+            let (rest, end) = read_to_end(tls);
             let rest = String::from_utf8_lossy(&rest);
             // Join lines of the loop's clients may come first; the announcement comes last.
             assert_eq!(rest.lines().last(), Some("* closing: upgrade"), "round {round}: {rest:?}");
             assert!(rest.ends_with('\n'));
-            assert!(clean, "round {round}: old session ended without close_notify");
+            assert_eq!(end, End::Clean, "round {round}: old session ended without close_notify");
         }
     }
     let wait_until = Instant::now() + secs(60.0);
@@ -184,8 +138,8 @@ fn three_upgrades_under_a_connection_loop_refuse_nothing_and_close_old_sessions_
     let last = read_pid(&pid_file);
     assert_ne!(last, first_pid);
     assert!(is_alive(last));
-    let mut tls = tls_connect(daemon.port(), &connector).expect("the last process serves");
-    assert!(read_line(&mut tls).unwrap().starts_with("* welcome"));
+    let mut tls = tls_client::connect(daemon.addr(), &connector, STEP).expect("the last process serves");
+    assert!(read_text_line(&mut tls).unwrap().starts_with("* welcome"));
     drop(tls);
     // SAFETY: plain kill(2) on the daemon the pid file names.
     unsafe { libc::kill(last, libc::SIGTERM) };
@@ -225,13 +179,14 @@ fn forward_request_accepted_just_before_an_upgrade_gets_its_full_reply() {
         &certs,
         &["--pid-file", pid_file.to_str().unwrap(), "--upstream", &upstream, "--close-timeout", "4"],
     );
-    let mut tls = tls_connect(daemon.port(), &connector(&certs.ca())).unwrap();
+    let mut tls =
+        tls_client::connect(daemon.addr(), &tls_client::connector(&certs.ca(), None, None), STEP).unwrap();
     tls.write_all(b"GET\n").unwrap();
     let (status, stderr) = run_to_exit(&["upgrade", "--pid-file", pid_file.to_str().unwrap()], secs(30.0));
     assert!(status.success(), "upgrade failed: {stderr}");
-    let (reply, clean) = read_to_end(&mut tls);
+    let (reply, end) = read_to_end(&mut tls);
     assert_eq!(reply.len(), 200_000, "the whole reply arrives");
-    assert!(clean, "then a close_notify");
+    assert_eq!(end, End::Clean, "then a close_notify");
 }
 
 #[test]
@@ -276,8 +231,13 @@ fn upgrade_to_a_binary_that_fails_keeps_the_old_process_serving() {
         daemon.stderr()
     );
     assert_eq!(read_pid(&pid_file), daemon.pid(), "the pid file still names the old process");
-    let mut tls = tls_connect(port, &connector(&certs.ca())).expect("still serving");
-    assert!(read_line(&mut tls).unwrap().starts_with("* welcome"));
+    let mut tls = tls_client::connect(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &tls_client::connector(&certs.ca(), None, None),
+        STEP,
+    )
+    .expect("still serving");
+    assert!(read_text_line(&mut tls).unwrap().starts_with("* welcome"));
 }
 
 #[test]
@@ -285,29 +245,31 @@ fn sighup_and_sigusr1_reload_the_certificate_for_new_connections_only() {
     let _serial = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let certs = Certs::new();
     let daemon = Daemon::start(&certs, &[]);
-    let connector = connector(&certs.ca());
-    let mut old = tls_connect(daemon.port(), &connector).unwrap();
-    read_line(&mut old).unwrap();
+    let connector = tls_client::connector(&certs.ca(), None, None);
+    let mut old = tls_client::connect(daemon.addr(), &connector, STEP).unwrap();
+    read_text_line(&mut old).unwrap();
     let first = serial_of(&old);
 
     let (status, stderr) = run_to_exit(&["gen-cert", "--out", certs.dir().to_str().unwrap()], secs(10.0));
     assert!(status.success(), "{stderr}");
     daemon.signal(libc::SIGHUP);
     daemon.wait_for_log("reloaded", secs(5.0));
-    let new = tls_connect(daemon.port(), &connector).unwrap();
+    let new = tls_client::connect(daemon.addr(), &connector, STEP).unwrap();
     let second = serial_of(&new);
     assert_ne!(first, second, "a new connection sees the new certificate");
 
     old.write_all(b"/who\n").unwrap();
     // The new connection's join notice may come first.
-    let replies: Vec<String> =
-        (0..2).map_while(|_| read_line(&mut old).ok()).take_while(|l| !l.starts_with("* online:")).collect();
+    let replies: Vec<String> = (0..2)
+        .map_while(|_| read_text_line(&mut old).ok())
+        .take_while(|l| !l.starts_with("* online:"))
+        .collect();
     assert!(replies.len() < 2, "the old connection is untouched: {replies:?}");
 
     std::fs::write(certs.server_key(), "garbage").unwrap();
     daemon.signal(libc::SIGUSR1);
     let line = daemon.wait_for_log("reload failed", secs(5.0));
     assert!(line.contains(certs.server_key().to_str().unwrap()), "the log names the file: {line}");
-    let after = tls_connect(daemon.port(), &connector).unwrap();
+    let after = tls_client::connect(daemon.addr(), &connector, STEP).unwrap();
     assert_eq!(serial_of(&after), second, "a broken key keeps the last good certificate");
 }

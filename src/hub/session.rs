@@ -26,6 +26,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Bytes taken from the outbox per `ssl_write`.
 const WRITE_CHUNK: usize = 32 * 1024;
 
+/// Rounds of the pump that moved bytes between two looks at poll(2): a blocked read is
+/// retried only once poll reports the socket readable, and a busy outbox never lets the pump
+/// sleep (the same rule as the forward pump's).
+const ROUNDS_BETWEEN_POLLS: u32 = 16;
+
 /// A close the server starts, with the reason the client reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerClose {
@@ -152,7 +157,7 @@ impl<'a> Session<'a> {
     }
 
     fn pump(&mut self) {
-        loop {
+        for round in 1.. {
             let mut progress = self.read_client();
             progress |= self.write_client();
             if self.closing() && self.deadline.is_none() {
@@ -162,6 +167,12 @@ impl<'a> Session<'a> {
                 self.to_client.release();
                 self.from_client = Vec::new(); // an idle connection holds no read buffer
                 return;
+            }
+            if round % ROUNDS_BETWEEN_POLLS == 0 {
+                // A look without sleeping: what the client says while its outbox streams.
+                if let Err(err) = self.poll(Some(Instant::now())) {
+                    debug!("conn {} poll failed: {err}", self.id);
+                }
             }
         }
     }
@@ -183,8 +194,9 @@ impl<'a> Session<'a> {
         match self.tls.read_appending(&mut self.from_client) {
             Ok(_) => {
                 self.last_activity = Instant::now();
-                // Once the server decided to close, what the client still says is dropped.
-                if self.server_close.is_none() {
+                // What the client said before a close we decided still reaches the room (it
+                // may have arrived in the same wake-up as the stop); after its /quit, nothing.
+                if self.server_close != Some(ServerClose::Quit) {
                     self.take_lines();
                 }
                 self.from_client.clear();
@@ -307,7 +319,13 @@ impl<'a> Session<'a> {
         self.tls.ending().or_else(|| past_deadline.then(|| self.tls.ending_at_deadline()))
     }
 
+    /// Sleeps in poll(2) until the client, its outbox, a stop or a deadline needs us.
     fn wait(&mut self) -> std::io::Result<()> {
+        self.poll(self.next_deadline())
+    }
+
+    /// Polls until `deadline` at the latest, then acts on what it reported.
+    fn poll(&mut self, deadline: Option<Instant>) -> std::io::Result<()> {
         let mut set = PollSet::new();
         let tls_slot = self.tls.poll_on(&mut set);
         let open = !self.closing();
@@ -317,7 +335,7 @@ impl<'a> Session<'a> {
             if open || self.last_delivery { set.add(self.outbox.fd(), true, false) } else { None };
         let stop_slot = if open { set.add(self.shutdown.close.fd(), true, false) } else { None };
         let fast_slot = set.add(self.shutdown.fast.fd(), true, false);
-        set.wait(self.next_deadline())?;
+        set.wait(deadline)?;
         self.handshake_memory.run_if_due();
 
         self.tls.woken(&set, tls_slot);

@@ -3,6 +3,7 @@
 use super::process::Proc;
 use super::Certs;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -236,6 +237,21 @@ impl Summary {
             dropped_in_handshake: number_before(" dropped in handshake")?,
             other: number_before(" other")?,
         })
+    }
+}
+
+/// Kills whatever process a pid file names when dropped, even on panic: a daemon that went
+/// through an upgrade is no longer our child, so its `Proc` cannot reach it.
+pub struct PidFileGuard(pub PathBuf);
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(&self.0) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                // SAFETY: plain kill(2) on the pid a daemon of this test wrote.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 

@@ -5,9 +5,11 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod hub_client;
 pub mod peers;
 pub mod process;
 pub mod proxy_peers;
+pub mod tls_client;
 pub mod unix_upstream;
 pub mod upstream;
 
@@ -17,7 +19,7 @@ pub use daemon::{run_to_exit, serve_to_exit, Closed, Daemon, Summary};
 #[allow(unused_imports)]
 pub use peers::{gnutls, python, s_client, CliOutcome, CliPeer, PyClients, PyPeer, PyResult};
 #[allow(unused_imports)]
-pub use upstream::{closed_port, pattern, End, Seen, Upstream};
+pub use upstream::{closed_port, pattern, ClosedPort, End, Seen, Upstream};
 
 use std::path::PathBuf;
 use std::process::Command;

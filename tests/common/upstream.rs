@@ -3,13 +3,18 @@
 //! Each accepted connection runs the script in its own thread. A script reports one
 //! [`Seen`] per connection: the bytes the relay delivered and how the relay's side of the
 //! TCP connection ended (FIN: read returns 0; RST: read fails with ConnectionReset).
+//!
+//! Nothing but the relay ever connects to an upstream: its accept loop is woken for the end
+//! by shutting its listening socket down (not by a connection of its own, which could land on
+//! another test's upstream if the port had been taken over), and [`closed_port`] keeps its
+//! port bound so that no upstream can be handed a port another test expects to refuse.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -52,7 +57,11 @@ pub struct Upstream {
     addr: SocketAddr,
     accepted: Receiver<()>,
     seen: Receiver<Seen>,
+    /// The peer address of every connection accepted so far, in order.
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
     stop: Arc<AtomicBool>,
+    /// The listening socket (a duplicate descriptor), shut down to end the accept loop.
+    listening: TcpListener,
 }
 
 impl Upstream {
@@ -62,15 +71,20 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let (accepted_tx, accepted) = channel();
         let (seen_tx, seen) = channel();
+        let peers = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let listening = listener.try_clone().expect("dup the upstream's listening socket");
         let script: Script = Arc::new(script);
-        let stopping = Arc::clone(&stop);
+        let (stopping, accepted_peers) = (Arc::clone(&stop), Arc::clone(&peers));
         thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
+                if let Ok(peer) = stream.peer_addr() {
+                    accepted_peers.lock().unwrap().push(peer);
+                }
                 stream.set_read_timeout(Some(CONN_DEADLINE)).unwrap();
                 stream.set_write_timeout(Some(CONN_DEADLINE)).unwrap();
                 let _ = accepted_tx.send(());
@@ -78,7 +92,7 @@ impl Upstream {
                 thread::spawn(move || script(stream, &report));
             }
         });
-        Upstream { addr, accepted, seen, stop }
+        Upstream { addr, accepted, seen, peers, stop, listening }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -105,6 +119,11 @@ impl Upstream {
         self.seen.recv_timeout(timeout).expect("no upstream connection ended in time")
     }
 
+    /// The peer address of every connection accepted so far (one per relayed client).
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+
     /// The next report, or None after `timeout` (for "nothing reached the upstream").
     pub fn try_next_seen(&self, timeout: Duration) -> Option<Seen> {
         self.seen.recv_timeout(timeout).ok()
@@ -114,14 +133,33 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)); // wakes accept
+        // Linux ends a blocked accept(2) on a listening socket that is shut down (EINVAL).
+        // SAFETY: shutdown(2) on a descriptor this Upstream owns.
+        unsafe { libc::shutdown(self.listening.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 
-/// A port on 127.0.0.1 with nothing listening (bound, then released).
-pub fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// A port on 127.0.0.1 where a connection is refused, reserved while this value lives: its
+/// socket stays bound without listening, so no other test's bind(0) gets the port and
+/// answers a connection meant to be refused.
+pub struct ClosedPort {
+    _bound: OwnedFd,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A fresh [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+    let bound: SockaddrIn = getsockname(fd.as_raw_fd()).expect("getsockname");
+    ClosedPort { _bound: fd, addr: SocketAddr::from(([127, 0, 0, 1], bound.port())) }
 }
 
 /// Reads until the relay ends the connection; returns everything and how it ended.

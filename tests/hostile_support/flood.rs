@@ -3,7 +3,7 @@
 //! back are the live streams plus, per connection, what happened and how many bytes the
 //! server sent before a failure (0 = closed before any handshake).
 
-use super::client::tcp_connect;
+use crate::common::tls_client::tcp_connect;
 use openssl::ssl::{ErrorCode, HandshakeError, MidHandshakeSslStream, SslConnector, SslStream};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

@@ -1,15 +1,14 @@
 //! Helpers for the hostile-input tests (tests/hostile.rs, protocols.rs, mtls.rs) on top of
-//! `tests/common`: a blocking TLS client and a many-connection flood client on the `openssl`
-//! crate, raw non-TLS peers, a crashing upstream, and the daemon's /proc numbers.
+//! `tests/common` (whose `tls_client` they use): a many-connection flood client on the
+//! `openssl` crate, raw non-TLS peers, a crashing upstream, and the daemon's /proc numbers.
 #![allow(dead_code)]
 
-pub mod client;
 pub mod flood;
-pub mod hub;
 pub mod probe;
 pub mod raw;
 pub mod upstream;
 
+use crate::common::tls_client;
 use openssl::ssl::{SslConnector, SslStream};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,8 +76,8 @@ pub struct Prober {
 impl Prober {
     /// Connects now (so the session exists before the load) and starts probing.
     pub fn start(addr: SocketAddr, tls: &SslConnector, every: Duration) -> Prober {
-        let mut session = client::connect(addr, tls, Duration::from_secs(10)).expect("prober connects");
-        client::round_trip(&mut session, b"first\n").expect("prober's first round trip");
+        let mut session = tls_client::connect(addr, tls, Duration::from_secs(10)).expect("prober connects");
+        tls_client::round_trip(&mut session, b"first\n").expect("prober's first round trip");
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let handle = thread::spawn(move || probe_loop(session, &stopping, every));
@@ -108,7 +107,7 @@ fn probe_loop(
     while !stop.load(Ordering::SeqCst) {
         seq += 1;
         let msg = format!("probe {seq:08}\n");
-        let rtt = client::round_trip(&mut session, msg.as_bytes())
+        let rtt = tls_client::round_trip(&mut session, msg.as_bytes())
             .map_err(|e| format!("round trip {seq} failed after {} good ones: {e}", times.len()))?;
         times.push(rtt);
         thread::sleep(every);

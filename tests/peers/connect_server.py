@@ -8,7 +8,7 @@ it uses the i-th --send / --read / --end value (the last one given repeats):
   --read MODE   none  do not read
                 wait  read (and keep) what the client sends until its stream ends
                 echo  the same, sending every byte back
-  --pause SECS  sleep before ending
+  --pause SECS  sleep before ending (e.g. to let a connection live a given time)
   --end KIND    clean     close_notify (then wait for the client's, reported as "answered")
                 truncate  TCP FIN without close_notify
                 reset     TCP RST (SO_LINGER 0)
@@ -117,8 +117,9 @@ def serve(conn, i, accepted_at, ctx, args):
     read = pick(args.read, i, "none")
     if read != "none":
         client_end, received = read_client(tls, echo=read == "echo")
-    if args.pause:
-        time.sleep(args.pause)
+    pause = pick(args.pause, i, 0)
+    if pause:
+        time.sleep(pause)
     kind = pick(args.end, i, "clean")
     ended_at = time.monotonic()
     answered = finish(tls, kind, args.timeout)
@@ -140,7 +141,7 @@ def main():
     p.add_argument("--connections", type=int, default=1)
     p.add_argument("--send", action="append")
     p.add_argument("--read", action="append", choices=["none", "wait", "echo"])
-    p.add_argument("--pause", type=float, default=0)
+    p.add_argument("--pause", type=float, action="append")
     p.add_argument("--end", action="append", choices=["clean", "truncate", "reset", "silent"])
     p.add_argument("--timeout", type=float, default=20.0)
     args = p.parse_args()

@@ -1,5 +1,7 @@
-//! A blocking TLS client on the `openssl` crate: connect, round trips, hub lines, and an
-//! exact classification of how the server ended the stream (DESIGN §3 facts).
+//! The one blocking TLS client of the tests, on the `openssl` crate: connect (optionally from
+//! a chosen source address, with a client certificate or one TLS version), round trips, hub
+//! lines, and an exact classification of how the server ended the stream (DESIGN §3 facts).
+//! The helpers are generic over the stream, so a test may put its own socket under the TLS.
 
 use openssl::ssl::{ErrorCode, SslConnector, SslFiletype, SslMethod, SslStream, SslVersion};
 use std::io::{self, Read, Write};
@@ -151,6 +153,11 @@ pub fn read_line<S: Read + Write>(tls: &mut SslStream<S>) -> Result<Vec<u8>, End
         }
         line.push(byte[0]);
     }
+}
+
+/// [`read_line`] as text (lossy UTF-8), for hub lines in assertions.
+pub fn read_text_line<S: Read + Write>(tls: &mut SslStream<S>) -> Result<String, End> {
+    read_line(tls).map(|line| String::from_utf8_lossy(&line).into_owned())
 }
 
 /// Sends close_notify, then reads until the server's end: the bytes that still came and how

@@ -1,9 +1,9 @@
-//! Hub-test helpers on top of `tests/common`: a scripted Python hub client
-//! (`tests/peers/hub_client.py`) driven through stdin, its received lines decoded.
-#![allow(dead_code)]
+//! The hub client of the tests: `tests/peers/hub_client.py` (Python `ssl`) driven through
+//! stdin, its received lines decoded; one connection ([`HubClient`]) or many at once
+//! ([`ManyClients`]). Each is killed on Drop (it is a `Proc`).
 
-use crate::common::process::Proc;
-use crate::common::{Certs, Daemon};
+use super::process::Proc;
+use super::{Certs, Daemon};
 use std::process::Command;
 use std::time::Duration;
 
@@ -68,9 +68,20 @@ impl HubClient {
         self.proc.with_output(|o| decode_lines(&o.stdout_text()))
     }
 
-    /// Everything the script printed, for assertion messages.
+    /// The end of what the script printed, for assertion messages (a flood prints
+    /// thousands of lines; the last ones tell what went wrong).
     pub fn transcript(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.proc.stdout(), self.proc.stderr())
+        const TAIL: usize = 40;
+        let out = self.proc.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(TAIL)..];
+        format!(
+            "stdout (last {} of {} lines):\n{}\nstderr:\n{}",
+            tail.len(),
+            lines.len(),
+            tail.join("\n"),
+            self.proc.stderr()
+        )
     }
 
     /// Waits for a line equal to `line`; panics with the transcript otherwise.
