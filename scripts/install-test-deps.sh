@@ -26,6 +26,9 @@ if [ "${1:-test}" != build ]; then
     # Clients whose APIs hide a bare reset or FIN (tests/unclean_end.rs).
     need node nodejs
     need go golang-go
+    # Real PROXY protocol consumers and the balancer in front (tests/proxy_*.rs).
+    need nginx nginx
+    need haproxy haproxy
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ClientEof, RelayConfig, TlsConfig, TlsVersion};
+use crate::cidr::Cidr;
+use crate::config::{ClientEof, ProxyVersion, RelayConfig, TlsConfig, TlsVersion};
 use crate::error::Error;
+use crate::upstream_addr::UpstreamAddr;
 
 #[derive(Parser, Debug)]
 #[command(name = "tlsrelay", version, about = "A TLS relay that always completes the TLS closure")]
@@ -43,9 +45,23 @@ pub struct ServeArgs {
     /// PEM private key.
     #[arg(long, value_name = "FILE", default_value = "certs/server.key")]
     pub key: PathBuf,
-    /// Forward mode target; resolved per connection, every address tried.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub upstream: Option<String>,
+    /// Forward mode target: HOST:PORT (resolved per connection, every address tried),
+    /// unix:/PATH or unix:@ABSTRACT (a unix stream socket).
+    #[arg(long, value_name = "HOST:PORT|unix:/PATH")]
+    pub upstream: Option<UpstreamAddr>,
+    /// Send a PROXY protocol header to the upstream before any client byte.
+    #[arg(long, value_name = "v1|v2", requires = "upstream")]
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Connections from these sources must open with a PROXY v1/v2 header naming the real
+    /// client (repeatable; e.g. 10.0.0.0/8).
+    #[arg(long = "accept-proxy", value_name = "CIDR")]
+    pub accept_proxy: Vec<Cidr>,
+    /// SO_REUSEPORT on each listener: several processes share the port.
+    #[arg(long)]
+    pub reuse_port: bool,
+    /// ALPN protocols offered to clients, in our order of preference (e.g. h2,http/1.1).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub alpn: Vec<String>,
     /// Upstream connect deadline.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub connect_timeout: Duration,
@@ -290,10 +306,8 @@ impl ServeArgs {
         if self.client_ca.is_none() && !(self.allow_cn.is_empty() && self.allow_san.is_empty()) {
             return Err(Error::Usage("--allow-cn and --allow-san need --client-ca FILE".into()));
         }
-        if let Some(upstream) = &self.upstream {
-            if !upstream.contains(':') {
-                return Err(Error::Usage(format!("--upstream {upstream}: expected HOST:PORT")));
-            }
+        if let Some(bad) = self.alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+            return Err(Error::Usage(format!("--alpn: '{bad}' is not a protocol name (1-255 bytes)")));
         }
         Ok(())
     }
@@ -307,6 +321,7 @@ impl ServeArgs {
             client_ca: self.client_ca.clone(),
             allow_cn: self.allow_cn.clone(),
             allow_san: self.allow_san.clone(),
+            alpn: self.alpn.clone(),
         }
     }
 
@@ -314,6 +329,8 @@ impl ServeArgs {
     pub fn relay_config(&self) -> RelayConfig {
         RelayConfig {
             upstream: self.upstream.clone(),
+            proxy_protocol: self.proxy_protocol,
+            accept_proxy: self.accept_proxy.clone(),
             connect_timeout: self.connect_timeout,
             close_timeout: self.close_timeout,
             handshake_timeout: self.handshake_timeout,
@@ -369,6 +386,29 @@ mod tests {
     }
 
     #[test]
+    fn upstream_and_proxy_flags_parse() {
+        let args = serve(&[
+            "--upstream",
+            "unix:@app",
+            "--proxy-protocol",
+            "v2",
+            "--accept-proxy",
+            "10.0.0.0/8",
+            "--accept-proxy",
+            "::1",
+            "--reuse-port",
+            "--alpn",
+            "h2,http/1.1",
+        ])
+        .unwrap();
+        assert_eq!(args.upstream, Some(UpstreamAddr::Abstract(b"app".to_vec())));
+        assert_eq!(args.proxy_protocol, Some(ProxyVersion::V2));
+        assert_eq!(args.accept_proxy.len(), 2);
+        assert!(args.reuse_port);
+        assert_eq!(args.alpn, vec!["h2", "http/1.1"]);
+    }
+
+    #[test]
     fn fractional_seconds_are_accepted() {
         let args = serve(&["--close-timeout", "1.5"]).unwrap();
         assert_eq!(args.close_timeout, Duration::from_millis(1500));
@@ -380,8 +420,10 @@ mod tests {
     fn bad_values_are_usage_errors() {
         assert!(serve(&["--tls-min", "1.1"]).is_err());
         assert!(serve(&["--client-eof", "maybe"]).is_err());
-        let mut args = serve(&["--upstream", "nohostport"]).unwrap();
-        assert_eq!(args.validate().unwrap_err().exit_code(), 2);
+        assert!(serve(&["--upstream", "nohostport"]).is_err());
+        assert!(serve(&["--upstream", "unix:relative"]).is_err());
+        assert!(serve(&["--proxy-protocol", "v2"]).is_err(), "--proxy-protocol needs --upstream");
+        assert!(serve(&["--accept-proxy", "10.0.0.0/33"]).is_err());
         let mut args = serve(&["--max-clients", "0"]).unwrap();
         assert_eq!(args.validate().unwrap_err().exit_code(), 2);
         let mut args = serve(&["--allow-cn", "alice"]).unwrap();

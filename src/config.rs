@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
+use crate::cidr::Cidr;
+use crate::upstream_addr::UpstreamAddr;
+
 /// The lowest TLS version served (`--tls-min`).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsVersion {
@@ -33,13 +36,28 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
     pub allow_cn: Vec<String>,
     pub allow_san: Vec<String>,
+    /// ALPN protocols offered, our preference first; empty: none negotiated.
+    pub alpn: Vec<String>,
+}
+
+/// Which PROXY protocol header goes to the upstream (`--proxy-protocol`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text line `PROXY TCP4 SRC DST SPORT DPORT\r\n` (stunnel, older consumers).
+    V1,
+    /// The binary header, with TLVs for ALPN, SNI and the TLS session.
+    V2,
 }
 
 /// What the worker, the forward pump and the hub session read for every connection.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Forward mode's `HOST:PORT`; `None` in hub mode.
-    pub upstream: Option<String>,
+    /// Forward mode's target; `None` in hub mode.
+    pub upstream: Option<UpstreamAddr>,
+    /// The PROXY header sent to the upstream before any client byte.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Sources that must open with a PROXY header (a balancer in front).
+    pub accept_proxy: Vec<Cidr>,
     pub connect_timeout: Duration,
     pub close_timeout: Duration,
     pub handshake_timeout: Duration,

@@ -2,6 +2,7 @@
 //! line, starts logging, runs the subcommand and is the only place that picks an exit code.
 
 mod buffer;
+mod cidr;
 mod cli;
 mod client;
 mod config;
@@ -14,6 +15,7 @@ mod status;
 mod stop;
 mod sys;
 mod tls;
+mod upstream_addr;
 
 use clap::Parser;
 

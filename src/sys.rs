@@ -4,6 +4,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage};
@@ -142,11 +143,16 @@ impl Beacon {
 
 /// Binds a non-blocking, close-on-exec listening socket with an explicit backlog
 /// (std's fixed 128 overflows under a flood); IPv6 sockets are V6ONLY.
-pub fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+/// With `reuse_port`, SO_REUSEPORT: several processes share the port, each with its own
+/// accept queue.
+pub fn bind_listener(addr: SocketAddr, backlog: i32, reuse_port: bool) -> io::Result<TcpListener> {
     let family = if addr.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
     let fd =
         socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuse_port {
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
     }
@@ -215,8 +221,32 @@ pub fn connect(addr: SocketAddr, deadline: Instant, stops: &[RawFd]) -> io::Resu
     }
 }
 
+/// Connects to a unix stream socket (`abstract_name`: in Linux's abstract namespace)
+/// without blocking: a unix connect completes at once or fails (EAGAIN when the listener's
+/// queue is full), so no deadline is needed.
+pub fn connect_unix(path: &std::path::Path, abstract_name: Option<&[u8]>) -> io::Result<UnixStream> {
+    let addr = match abstract_name {
+        Some(name) => socket::UnixAddr::new_abstract(name)?,
+        None => socket::UnixAddr::new(path)?,
+    };
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// `recv(MSG_PEEK)` without blocking: what has arrived, left in the socket for the next read.
+pub fn peek(stream: &impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    let flags = socket::MsgFlags::MSG_PEEK | socket::MsgFlags::MSG_DONTWAIT;
+    socket::recv(stream.as_fd().as_raw_fd(), buf, flags).map_err(io::Error::from)
+}
+
 /// Makes the next close an abortive one (RST), for ends that must not look clean.
-pub fn set_linger_zero(stream: &TcpStream) {
+pub fn set_linger_zero(stream: &impl AsFd) {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     let _ = socket::setsockopt(&stream.as_fd(), sockopt::Linger, &linger);
 }
@@ -327,10 +357,11 @@ pub fn read_uninit(source: &impl AsFd, buf: &mut [MaybeUninit<u8>]) -> io::Resul
 }
 
 /// Bytes written to `stream` that the peer has not acknowledged yet (SIOCOUTQ).
-pub fn unsent_bytes(stream: &TcpStream) -> io::Result<usize> {
+/// On a unix socket it counts the memory of sent buffers the peer has not read yet.
+pub fn unsent_bytes(stream: &impl AsFd) -> io::Result<usize> {
     let mut queued: libc::c_int = 0;
     // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    let rc = unsafe { libc::ioctl(stream.as_fd().as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

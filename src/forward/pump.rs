@@ -18,6 +18,8 @@ use crate::tls::close::{CloseKind, TlsEnd, TlsStatus};
 use crate::tls::handshake_memory;
 use crate::tls::side::TlsSide;
 
+use super::stream::UpstreamStream;
+
 /// The most plaintext one TLS record carries.
 const TLS_RECORD: usize = 16 * 1024;
 
@@ -67,7 +69,7 @@ struct Blocked {
 pub struct Relay<'a> {
     id: u64,
     tls: TlsSide,
-    upstream: Option<TcpStream>,
+    upstream: Option<UpstreamStream>,
     config: &'a RelayConfig,
     shutdown: &'a Shutdown,
     to_upstream: Buffer,
@@ -89,7 +91,7 @@ impl<'a> Relay<'a> {
     pub fn new(
         id: u64,
         tls: SslStream<TcpStream>,
-        upstream: Option<TcpStream>,
+        upstream: Option<UpstreamStream>,
         config: &'a RelayConfig,
         shutdown: &'a Shutdown,
     ) -> Self {
@@ -389,7 +391,7 @@ impl<'a> Relay<'a> {
         if self.config.client_eof == ClientEof::Fin {
             return self.upstream_fin_sent;
         }
-        let queued = sys::unsent_bytes(upstream).unwrap_or(0);
+        let queued = upstream.unsent_bytes().unwrap_or(0);
         self.blocked.upstream_send_queue = queued > 0;
         queued == 0
     }
@@ -407,7 +409,7 @@ impl<'a> Relay<'a> {
             CloseKind::UpstreamReset | CloseKind::WriteStalled => self.tls.abort(),
             CloseKind::TruncatedByClient | CloseKind::ResetByClient => {
                 if let (Some(upstream), ClientEof::Reset) = (&self.upstream, self.config.client_eof) {
-                    sys::set_linger_zero(upstream);
+                    upstream.reset_on_close();
                 }
             }
             _ => {}

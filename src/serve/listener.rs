@@ -2,22 +2,23 @@
 //! worker thread of its own. No TLS happens here, so a silent client can never stall
 //! accepting.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use crate::error::describe_io;
+use crate::serve::admission::Admission;
+use crate::serve::per_ip::{PerIp, Slot};
 use crate::serve::supervisor::Connections;
 use crate::serve::tally::Refusal;
 use crate::serve::thread_cache::Job;
-use crate::serve::worker::{self, Settings};
+use crate::serve::worker::{self, Client, Settings};
 use crate::stop::Shutdown;
 use crate::sys::{self, PollSet};
 
@@ -34,39 +35,6 @@ pub struct Shared {
     pub max_clients: usize,
     /// Connections per client address, when --max-clients-per-ip is set.
     pub per_ip: Option<Arc<PerIp>>,
-}
-
-/// Counts connections per client address for --max-clients-per-ip.
-pub struct PerIp {
-    limit: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerIp {
-    pub fn new(limit: usize) -> Self {
-        PerIp { limit, counts: Mutex::new(HashMap::new()) }
-    }
-
-    /// Takes a slot for `ip`; false when it already has `limit` connections.
-    fn try_take(&self, ip: IpAddr) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= self.limit {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn release(&self, ip: IpAddr) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&ip);
-            }
-        }
-    }
 }
 
 /// Accepts on `listener` until the stop beacon is lit.
@@ -135,14 +103,19 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
         logs.over_cap.note("");
         return Pace::GoOn;
     }
-    if let Some(per_ip) = &shared.per_ip {
-        if !per_ip.try_take(peer.ip()) {
+    // A balancer's connection names its client only in the PROXY header the worker reads:
+    // its address slot and its `accepted` line come from the worker then.
+    let proxied = shared.settings.relay.accept_proxy.iter().any(|range| range.contains(peer.ip()));
+    let mut slot = None;
+    if let (Some(per_ip), false) = (&shared.per_ip, proxied) {
+        slot = per_ip.take(peer.ip());
+        if slot.is_none() {
             shared.connections.tally.refused(Refusal::MaxClientsPerIp);
             logs.over_ip_cap.note(peer.ip());
             return Pace::GoOn;
         }
     }
-    let guard = ActiveGuard::take(shared, peer.ip());
+    let guard = ActiveGuard::take(shared, slot);
     // The connection's second descriptor, now: a full table refuses it before the handshake.
     let reserved = match worker::reserve_descriptor(&tcp, &shared.settings) {
         Ok(reserved) => reserved,
@@ -153,12 +126,20 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
         }
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    info!("conn {id} from {peer} accepted");
+    let admission = match (proxied, shared.settings.relay.accept_proxy.is_empty()) {
+        (true, _) => Admission::Proxied(shared.per_ip.clone()),
+        // With --accept-proxy, the worker first checks that no header comes unasked.
+        (false, false) => Admission::Direct { logged: false },
+        (false, true) => {
+            info!("conn {id} from {peer} accepted");
+            Admission::Direct { logged: true }
+        }
+    };
     let (settings, shutdown, tally) =
         (shared.settings.clone(), shared.shutdown.clone(), shared.connections.tally.clone());
     let work = Box::new(move || {
         let _guard = guard;
-        worker::run(id, tcp, peer, reserved, &settings, &shutdown, &tally);
+        worker::run(id, Client { tcp, peer, admission }, reserved, &settings, &shutdown, &tally);
     });
     match shared.connections.threads.run(Job { name: format!("conn-{id}"), work }) {
         Ok(()) => Pace::GoOn,
@@ -175,25 +156,22 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
 /// however it ends.
 struct ActiveGuard {
     active: Arc<AtomicUsize>,
-    per_ip: Option<Arc<PerIp>>,
-    ip: IpAddr,
+    /// Dropped with the guard.
+    _slot: Option<Slot>,
 }
 
 impl ActiveGuard {
-    /// Counts the connection as active (its per-address slot is already taken).
-    fn take(shared: &Shared, ip: IpAddr) -> Self {
+    /// Counts the connection as active (its per-address slot, if any, is already taken).
+    fn take(shared: &Shared, slot: Option<Slot>) -> Self {
         let active = shared.connections.active.clone();
         active.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard { active, per_ip: shared.per_ip.clone(), ip }
+        ActiveGuard { active, _slot: slot }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
-        if let Some(per_ip) = &self.per_ip {
-            per_ip.release(self.ip);
-        }
     }
 }
 
@@ -284,17 +262,6 @@ impl RateLimited {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn per_ip_cap_counts_each_address_apart() {
-        let per_ip = PerIp::new(2);
-        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "::1".parse().unwrap());
-        assert!(per_ip.try_take(a) && per_ip.try_take(a));
-        assert!(!per_ip.try_take(a), "the third from one address is refused");
-        assert!(per_ip.try_take(b), "another address is still served");
-        per_ip.release(a);
-        assert!(per_ip.try_take(a), "a slot comes back when a connection ends");
-    }
 
     #[test]
     fn rate_limited_logs_once_then_holds_back_and_flushes() {

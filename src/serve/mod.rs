@@ -6,11 +6,14 @@
 //! a thread of its own answers `/metrics` and `/health` from the tally's atomics (status/,
 //! metrics/), and the served certificate's expiry is watched (certificate.rs).
 
+mod admission;
 mod certificate;
 mod event;
 mod listener;
 mod malloc;
 mod metrics;
+mod per_ip;
+mod proxy_accept;
 mod signals;
 mod status;
 mod supervisor;
@@ -36,7 +39,8 @@ use crate::stop::Shutdown;
 use crate::tls::acceptor;
 use crate::{hub, sys};
 use certificate::Certificate;
-use listener::{PerIp, Shared};
+use listener::Shared;
+use per_ip::PerIp;
 use status::HealthState;
 use supervisor::{Connections, Control, Supervisor};
 use tally::Tally;
@@ -194,7 +198,7 @@ fn status_socket(args: &ServeArgs, inherited: Option<TcpListener>) -> Result<Opt
     let Some(addr) = args.status else { return Ok(None) };
     let socket = match inherited {
         Some(socket) => socket,
-        None => sys::bind_listener(addr, STATUS_BACKLOG)
+        None => sys::bind_listener(addr, STATUS_BACKLOG, false)
             .map_err(|source| Error::Bind { addr: format!("{addr} (--status)"), source })?,
     };
     // Logged before the `listening on` lines, so a script that waits for those finds it.
@@ -216,7 +220,7 @@ fn bind_all(args: &ServeArgs) -> Result<Vec<TcpListener>, Error> {
     args.listen
         .iter()
         .map(|addr| {
-            sys::bind_listener(*addr, args.backlog)
+            sys::bind_listener(*addr, args.backlog, args.reuse_port)
                 .map_err(|source| Error::Bind { addr: addr.to_string(), source })
         })
         .collect()

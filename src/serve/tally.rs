@@ -44,9 +44,14 @@ pub enum Refusal {
     MaxClientsPerIp,
     Descriptors,
     Threads,
+    /// A PROXY header from a source outside --accept-proxy.
+    ProxyUntrusted,
+    /// A missing, malformed, oversized or late PROXY header from a listed source.
+    ProxyHeader,
 }
 
-pub const REFUSALS: [&str; 4] = ["max_clients", "max_clients_per_ip", "descriptors", "threads"];
+pub const REFUSALS: [&str; 6] =
+    ["max_clients", "max_clients_per_ip", "descriptors", "threads", "proxy_untrusted", "proxy_header"];
 
 /// The outcome of a reload or an upgrade.
 pub const RESULTS: [&str; 2] = ["success", "failure"];

@@ -11,8 +11,10 @@ use log::info;
 use openssl::ssl::{SslAcceptor, SslStream};
 
 use crate::config::RelayConfig;
+use crate::forward::Endpoints;
 use crate::hub::outbox::Outbox;
 use crate::hub::room::HubMsg;
+use crate::serve::admission::{self, Admission, Admitted, Dropped};
 use crate::serve::tally::Tally;
 use crate::stop::Shutdown;
 use crate::tls::close::CloseKind;
@@ -44,11 +46,19 @@ pub fn reserve_descriptor(tcp: &TcpStream, settings: &Settings) -> std::io::Resu
     }
 }
 
-/// Serves one accepted client from start to end; logs exactly one `closed:` line.
+/// An accepted connection as the listener hands it to its worker.
+pub struct Client {
+    pub tcp: TcpStream,
+    /// The direct peer (a balancer, with --accept-proxy).
+    pub peer: SocketAddr,
+    pub admission: Admission,
+}
+
+/// Serves one accepted client from start to end; logs exactly one `closed:` line (or, for a
+/// connection refused before its handshake, the one line saying why).
 pub fn run(
     id: u64,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    client: Client,
     reserved: Reserved,
     settings: &Settings,
     shutdown: &Shutdown,
@@ -56,7 +66,17 @@ pub fn run(
 ) {
     let started = Instant::now();
     handshake_memory::forget_earlier_errors();
-    let (kind, bytes_in, bytes_out) = serve(id, tcp, peer, reserved, settings, shutdown, tally);
+    // One deadline for the PROXY header and the handshake after it.
+    let deadline = started + settings.relay.handshake_timeout;
+    let stops = [shutdown.handshakes.fd(), shutdown.fast.fd()];
+    let Client { tcp, peer, admission } = client;
+    let admitted = match admission::admit(id, &tcp, peer, admission, deadline, &stops) {
+        Ok(admitted) => admitted,
+        Err(Dropped::Stop) => return tally.count(&CloseKind::DroppedInHandshake),
+        Err(Dropped::Refused(why)) => return tally.refused(why),
+    };
+    let (kind, bytes_in, bytes_out) =
+        serve(id, tcp, &admitted, reserved, settings, shutdown, (deadline, tally));
     // Counted before the line: a scrape after the line has been read includes it.
     tally.count(&kind);
     info!(
@@ -68,15 +88,17 @@ pub fn run(
 fn serve(
     id: u64,
     tcp: TcpStream,
-    peer: SocketAddr,
+    admitted: &Admitted,
     reserved: Reserved,
     settings: &Settings,
     shutdown: &Shutdown,
-    tally: &Tally,
+    (deadline, tally): (Instant, &Tally),
 ) -> (CloseKind, u64, u64) {
+    let peer = admitted.client;
+    let endpoints = endpoints(&tcp, admitted, &settings.relay);
     // The socket comes non-blocking from sys::accept, with TCP_NODELAY and keepalive
     // inherited from the listening socket (sys::set_accepted_options).
-    let tls = match handshake(tcp, settings, shutdown, tally) {
+    let tls = match handshake(tcp, settings, shutdown, deadline, tally) {
         Ok(tls) => tls,
         Err(kind) => {
             // The operator's one line with the peer address and the reason.
@@ -96,7 +118,7 @@ fn serve(
         Reserved::Spare(spare) => {
             drop(spare); // its descriptor number is for the upstream socket now
             let connected = |took| tally.upstream_connect_duration.observe(took);
-            forward::serve(id, tls, &settings.relay, shutdown, connected)
+            forward::serve(id, tls, endpoints, &settings.relay, shutdown, connected)
         }
     }
 }
@@ -106,13 +128,25 @@ fn handshake(
     tcp: TcpStream,
     settings: &Settings,
     shutdown: &Shutdown,
+    deadline: Instant,
     tally: &Tally,
 ) -> Result<SslStream<TcpStream>, CloseKind> {
     let started = Instant::now();
-    let deadline = started + settings.relay.handshake_timeout;
     let acceptor = settings.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
     let tls = handshake::accept(&acceptor, tcp, deadline, &[shutdown.handshakes.fd(), shutdown.fast.fd()])?;
     // A clock read through the vDSO, not a system call.
     tally.handshake_took(started.elapsed());
     Ok(tls)
+}
+
+/// The client and the address it reached, for the PROXY header to the upstream (the local
+/// address is looked up only when a header is sent).
+fn endpoints(tcp: &TcpStream, admitted: &Admitted, relay: &RelayConfig) -> Endpoints {
+    let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+    let local = match (admitted.destination, relay.proxy_protocol) {
+        (Some(destination), _) => destination,
+        (None, Some(_)) => tcp.local_addr().unwrap_or(unknown),
+        (None, None) => unknown,
+    };
+    Endpoints { client: admitted.client, local }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{AlpnError, SslAcceptor, SslAcceptorBuilder, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509Ref, X509VerifyResult, X509};
 
@@ -33,6 +33,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptor, Error> {
     // WANT_READ (TlsSide), and a read paused by backpressure resumes when there is room, not
     // when the socket becomes readable (tests/records.rs).
     builder.set_read_ahead(true);
+    offer_alpn(&mut builder, &config.alpn);
 
     let chain = read_chain(&config.cert)?;
     let key = read_key(&config.key)?;
@@ -69,6 +70,34 @@ pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptor, Error> {
         );
     }
     Ok(builder.build())
+}
+
+/// `--alpn`: the first protocol of ours the client also offers (our order of preference);
+/// none in common: the handshake goes on without ALPN, as without the flag.
+fn offer_alpn(builder: &mut SslAcceptorBuilder, protocols: &[String]) {
+    if protocols.is_empty() {
+        return;
+    }
+    let wire: Vec<u8> =
+        protocols.iter().flat_map(|p| std::iter::once(p.len() as u8).chain(p.bytes())).collect();
+    builder.set_alpn_select_callback(move |_, client| choose_alpn(&wire, client));
+}
+
+/// The first of `ours` (wire format: length-prefixed names) that the client's list also
+/// holds, as a slice of the client's list (OpenSSL keeps that one).
+fn choose_alpn<'a>(ours: &[u8], client: &'a [u8]) -> Result<&'a [u8], AlpnError> {
+    let offered = wire_names(client);
+    wire_names(ours).find_map(|ours| offered.clone().find(|&theirs| theirs == ours)).ok_or(AlpnError::NOACK)
+}
+
+/// The names of an ALPN list in wire format; stops at a malformed length.
+fn wire_names(mut wire: &[u8]) -> impl Iterator<Item = &[u8]> + Clone {
+    std::iter::from_fn(move || {
+        let (&len, rest) = wire.split_first()?;
+        let name = rest.get(..len as usize)?;
+        wire = &rest[len as usize..];
+        Some(name)
+    })
 }
 
 /// The --allow-cn / --allow-san lists: a certificate passes if any one entry matches.
@@ -114,4 +143,18 @@ fn read_key(path: &Path) -> Result<PKey<Private>, Error> {
         fs::read(path).map_err(|e| Error::file_with_hint(path, "read key", describe_io(&e), CERT_HINT))?;
     PKey::private_key_from_pem(&pem)
         .map_err(|_| Error::file_with_hint(path, "read key", "not a PEM private key", CERT_HINT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpn_takes_our_first_choice_the_client_also_offers() {
+        let ours = b"\x02h2\x08http/1.1";
+        assert_eq!(choose_alpn(ours, b"\x08http/1.1\x02h2"), Ok(&b"h2"[..]), "our order, not theirs");
+        assert_eq!(choose_alpn(ours, b"\x06spdy/3\x08http/1.1"), Ok(&b"http/1.1"[..]));
+        assert!(choose_alpn(ours, b"\x06spdy/3").is_err(), "nothing in common: no ALPN");
+        assert!(choose_alpn(ours, b"\x09h2").is_err(), "a malformed client list");
+    }
 }

@@ -8,7 +8,9 @@ pub mod daemon;
 pub mod hub_client;
 pub mod peers;
 pub mod process;
+pub mod proxy_peers;
 pub mod tls_client;
+pub mod unix_upstream;
 pub mod upstream;
 
 // Each test binary uses a different part of these.

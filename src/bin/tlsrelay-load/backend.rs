@@ -6,6 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread;
@@ -22,17 +23,15 @@ const BUF: usize = 256 * 1024;
 static ZEROS: [u8; BUF] = [0u8; BUF];
 
 pub fn run(args: &BackendArgs) -> io::Result<()> {
+    exit_after(Duration::from_secs(args.max_secs));
+    if let Some(path) = &args.unix {
+        return run_unix(path, args.proxy_header);
+    }
     let listener = TcpListener::bind(&args.listen)?;
     // std listens with a backlog of 128; a burst of relay connects deserves more.
     // SAFETY: listen(2) on our own listening socket only changes its backlog.
     unsafe { libc::listen(listener.as_raw_fd(), 4096) };
     eprintln!("listening on {}", listener.local_addr()?);
-    let max = Duration::from_secs(args.max_secs);
-    thread::spawn(move || {
-        thread::sleep(max);
-        eprintln!("tlsrelay-load backend: --max-secs reached, exiting");
-        std::process::exit(0);
-    });
     let tls = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => Some(Arc::new(acceptor(cert, key)?)),
         _ => None,
@@ -48,11 +47,11 @@ pub fn run(args: &BackendArgs) -> io::Result<()> {
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (tls, parker) = (tls.clone(), parker.clone());
+        let (tls, parker, proxy_header) = (tls.clone(), parker.clone(), args.proxy_header);
         let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || {
             let _ = match tls {
                 Some(acceptor) => serve_tls(&acceptor, tcp),
-                None => serve_plain(tcp, &parker),
+                None => serve_plain(tcp, &parker, proxy_header),
             };
         });
         if let Err(err) = spawned {
@@ -73,7 +72,42 @@ fn acceptor(cert: &Path, key: &Path) -> io::Result<SslAcceptor> {
     build().map_err(|e| io::Error::other(format!("TLS backend: {e}")))
 }
 
-fn serve_plain(mut tcp: TcpStream, parker: &Parker) -> io::Result<()> {
+fn exit_after(max: Duration) {
+    thread::spawn(move || {
+        thread::sleep(max);
+        eprintln!("tlsrelay-load backend: --max-secs reached, exiting");
+        std::process::exit(0);
+    });
+}
+
+/// The bench protocol on a unix socket (thread per connection; idle ones too).
+fn run_unix(path: &Path, proxy_header: bool) -> io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    eprintln!("listening on unix:{}", path.display());
+    for conn in listener.incoming() {
+        let Ok(mut stream) = conn else { continue };
+        let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || -> io::Result<()> {
+            if proxy_header {
+                proto::skip_proxy_header(&mut stream)?;
+            }
+            let mut buf = vec![0u8; BUF];
+            while let Some((op, count)) = proto::read_header(&mut stream)? {
+                serve_op(&mut stream, op, count, &mut buf)?;
+            }
+            Ok(())
+        });
+        if let Err(err) = spawned {
+            eprintln!("tlsrelay-load backend: cannot spawn a thread: {err}");
+        }
+    }
+    Ok(())
+}
+
+fn serve_plain(mut tcp: TcpStream, parker: &Parker, proxy_header: bool) -> io::Result<()> {
+    if proxy_header {
+        proto::skip_proxy_header(&mut tcp)?;
+    }
     let mut buf = vec![0u8; BUF];
     while let Some((op, count)) = proto::read_header(&mut tcp)? {
         if op == IDLE {

@@ -47,6 +47,12 @@ pub struct BackendArgs {
     /// The process exits by itself after this long.
     #[arg(long, default_value = "3600")]
     pub max_secs: u64,
+    /// Listen on this unix socket instead of --listen (a relay's `--upstream unix:PATH`).
+    #[arg(long, conflicts_with = "cert")]
+    pub unix: Option<PathBuf>,
+    /// Each connection opens with a PROXY v1/v2 header (a relay's --proxy-protocol): skip it.
+    #[arg(long)]
+    pub proxy_header: bool,
 }
 
 /// Where and how every client subcommand connects.

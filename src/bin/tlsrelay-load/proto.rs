@@ -68,9 +68,48 @@ pub fn source<S: Write>(s: &mut S, mut count: u64, buf: &[u8]) -> io::Result<()>
     s.flush()
 }
 
+/// Skips a PROXY protocol header (v1 line or v2 binary) at the start of a connection.
+pub fn skip_proxy_header<S: Read>(s: &mut S) -> io::Result<()> {
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first)?;
+    if first[0] == b'P' {
+        // v1: up to and including CRLF (at most 107 bytes).
+        let mut last = [0u8; 2];
+        for _ in 0..107 {
+            s.read_exact(&mut first)?;
+            last = [last[1], first[0]];
+            if last == *b"\r\n" {
+                return Ok(());
+            }
+        }
+        return Err(io::Error::other("PROXY v1 line without CRLF"));
+    }
+    // v2: 16 bytes, the last two the length of what follows.
+    let mut fixed = [0u8; 15];
+    s.read_exact(&mut fixed)?;
+    let len = u16::from_be_bytes([fixed[13], fixed[14]]) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_proxy_header_leaves_the_first_bench_header() {
+        for prefix in [b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(), {
+            let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+            v2.extend([0u8; 12]);
+            v2
+        }] {
+            let mut input = prefix;
+            input.extend(header(ECHO, 5));
+            let mut reader = &input[..];
+            skip_proxy_header(&mut reader).unwrap();
+            assert_eq!(read_header(&mut reader).unwrap(), Some((ECHO, 5)));
+        }
+    }
 
     #[test]
     fn header_round_trips() {
