@@ -257,8 +257,8 @@ def write(path, text):
     return path
 
 
-def start_tlsrelay(env, d, port, bport, extra_env=None):
-    cmd = [TLSRELAY, "serve", "--listen", f"{HOST}:{port}", "--cert", env.crt, "--key", env.key,
+def start_tlsrelay(env, d, port, bport, extra_env=None, binary=None):
+    cmd = [binary or TLSRELAY, "serve", "--listen", f"{HOST}:{port}", "--cert", env.crt, "--key", env.key,
            "--upstream", f"{HOST}:{bport}", "--tls-min", "1.3", "--max-clients", "10000"]
     proc = spawn(cmd, os.path.join(d, "relay.log"), extra_env=extra_env)
     ok = wait_log(os.path.join(d, "relay.log"), "listening on", time.monotonic() + 10)
@@ -335,8 +335,15 @@ def start_socat(env, d, port, bport):
     return proc, wait_port(port, time.monotonic() + 10)
 
 
+def start_tlsrelay_baseline(env, d, port, bport):
+    """Another build of tlsrelay (`--baseline BIN`), for an A/B of two commits in one run."""
+    return start_tlsrelay(env, d, port, bport, binary=BASELINE_BIN[0])
+
+
+BASELINE = "tlsrelay baseline"
+BASELINE_BIN = [None]
 TUNED = "tlsrelay tcache=7"
-STARTERS = {"tlsrelay": start_tlsrelay, TUNED: start_tlsrelay_glibc_tcache, "stunnel": start_stunnel, "haproxy": start_haproxy,
+STARTERS = {BASELINE: start_tlsrelay_baseline, "tlsrelay": start_tlsrelay, TUNED: start_tlsrelay_glibc_tcache, "stunnel": start_stunnel, "haproxy": start_haproxy,
             "nginx": start_nginx, "socat": start_socat}
 
 
@@ -714,6 +721,8 @@ def main():
     ap.add_argument("--skip-throughput", action="store_true", help="skip M1–M4")
     ap.add_argument("--tuned", action="store_true",
                     help=f"add the target '{TUNED}' (GLIBC_TUNABLES=glibc.malloc.tcache_count=7, glibc's default)")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="add the target 'tlsrelay baseline': another tlsrelay build, for an A/B in one run")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir with configs and logs")
     args = ap.parse_args()
     cfg = MODES[args.mode]
@@ -727,9 +736,12 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     missing = ensure_anchors()
 
-    targets = ["tlsrelay"] + ([TUNED] if args.tuned else []) + [a for a in ANCHORS if a not in missing] + [CEILING]
+    BASELINE_BIN[0] = args.baseline
+    targets = (["tlsrelay"] + ([BASELINE] if args.baseline else []) + ([TUNED] if args.tuned else [])
+               + [a for a in ANCHORS if a not in missing] + [CEILING])
     if args.only:
-        wanted = {{"ceiling": CEILING, "tuned": TUNED}.get(w.strip(), w.strip()) for w in args.only.split(",")}
+        aliases = {"ceiling": CEILING, "tuned": TUNED, "baseline": BASELINE}
+        wanted = {aliases.get(w.strip(), w.strip()) for w in args.only.split(",")}
         targets = [t for t in targets if t in wanted]
     log(f"bench ({args.mode}): targets {targets}")
 
