@@ -32,6 +32,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Print a one-screen summary of a running daemon, read from its --status endpoint.
     Status(StatusArgs),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +129,13 @@ pub struct StatusArgs {
     /// Or its --pid-file: the address is read from that process's command line.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateDocsArgs {
+    /// Directory for man/ and completions/.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
