@@ -1,0 +1,52 @@
+//! The .deb under test: target/debian/tlsrelay_*.deb, rebuilt with `make deb` when it is
+//! missing or older than the sources and packaging files (`make test` builds it first).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The freshly built package, copied into `share` as `tlsrelay.deb`.
+pub fn fresh_deb(share: &Path) -> PathBuf {
+    let deb = match newest_deb() {
+        Some((deb, built)) if built >= newest_source() => deb,
+        _ => {
+            let status = Command::new("make").arg("-C").arg(ROOT).arg("deb").status().expect("run make deb");
+            assert!(status.success(), "make deb failed ({status})");
+            newest_deb().expect("make deb wrote no target/debian/tlsrelay_*.deb").0
+        }
+    };
+    let copy = share.join("tlsrelay.deb");
+    std::fs::copy(&deb, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", deb.display()));
+    copy
+}
+
+fn newest_deb() -> Option<(PathBuf, SystemTime)> {
+    std::fs::read_dir(Path::new(ROOT).join("target/debian"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .filter_map(|p| Some((p.clone(), p.metadata().ok()?.modified().ok()?)))
+        .max_by_key(|(_, modified)| *modified)
+}
+
+/// The latest change to anything that goes into the package.
+fn newest_source() -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for top in ["src", "packaging", "Cargo.toml", "Cargo.lock"] {
+        visit(&Path::new(ROOT).join(top), &mut newest);
+    }
+    newest
+}
+
+fn visit(path: &Path, newest: &mut SystemTime) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            visit(&entry.path(), newest);
+        }
+    } else if let Ok(modified) = path.metadata().and_then(|m| m.modified()) {
+        *newest = (*newest).max(modified);
+    }
+}
