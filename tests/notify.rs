@@ -48,7 +48,9 @@ impl NotifySocket {
     fn expect(&self, what: &str, want: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + WAIT;
         let mut seen = Vec::new();
-        while let Some(message) = self.next(deadline.saturating_duration_since(Instant::now())) {
+        while let Some(message) =
+            self.next(deadline.saturating_duration_since(Instant::now()).max(secs(0.01)))
+        {
             if want(&message) {
                 return message;
             }

@@ -217,16 +217,17 @@ fn status_socket(args: &ServeArgs, inherited: Option<TcpListener>) -> Result<Opt
 /// Tells systemd we serve (an upgrade child: that systemd must follow it from now on), and
 /// keeps its status line current.
 fn announce_ready(upgraded: bool, connections: &Arc<Connections>) -> Result<(), Error> {
+    // The status thread first: a change it is not there to hear would never be reported.
+    let counts = connections.clone();
+    notify::start_status(move || {
+        let (clean, no_answer) = counts.tally.clean_and_no_answer();
+        notify::status_line(counts.open(), clean, no_answer)
+    })?;
     if upgraded {
         notify::ready_as_main_process();
     } else {
         notify::ready();
     }
-    let connections = connections.clone();
-    notify::start_status(move || {
-        let (clean, no_answer) = connections.tally.clean_and_no_answer();
-        notify::status_line(connections.open(), clean, no_answer)
-    })?;
     Ok(())
 }
 
