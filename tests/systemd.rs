@@ -143,6 +143,8 @@ fn package_upgrade_is_hitless(service: &Service) {
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Vec::new());
     let states = Arc::new(std::sync::Mutex::new(states));
     std::thread::scope(|scope| {
+        // Set however this closure ends, or a failed assertion would wait for the loops forever.
+        let _stop_loops = StopOnDrop(&stop);
         scope.spawn(|| {
             while !stop.load(Ordering::Acquire) {
                 attempts.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +252,14 @@ fn purge_removes_what_postinst_made(service: &Service) {
     let user = service.box_.try_sh("getent passwd tlsrelay", Duration::from_secs(10));
     assert!(!user.status.success(), "the tlsrelay user is gone");
     assert!(service.box_.connect(HUB_PORT).is_err(), "nothing serves after the purge");
+}
+
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Reads lines until `want` arrives; false if the stream ends or stalls first.

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +33,16 @@ impl Container {
             );
         }
         let name = format!("tlsrelay-test-{}", std::process::id());
-        let mut nspawn = Command::new("systemd-nspawn")
+        let mut nspawn = Command::new("systemd-nspawn");
+        // If this test dies without its Drop, nspawn gets SIGTERM and powers the container off.
+        // SAFETY: prctl between fork and exec only sets this process's death signal.
+        unsafe {
+            nspawn.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut nspawn = nspawn
             .args(["--quiet", "--register=no", "--keep-unit", "--volatile=yes", "-D", "/"])
             .arg(format!("--machine={name}"))
             .arg("--private-network")
