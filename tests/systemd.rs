@@ -124,7 +124,13 @@ fn reload_serves_a_new_certificate_and_keeps_old_clients(service: &Service) {
     service.box_.sh(
         "cd /etc/tlsrelay && tlsrelay gen-cert --out . 2>/dev/null && chgrp tlsrelay server.key && chmod 640 server.key",
     );
+    let reloads =
+        || service.box_.sh("journalctl -u tlsrelay --no-pager -o cat | grep -c '^.*reloaded ' || true");
+    let before: u32 = reloads().parse().unwrap();
     service.box_.sh("systemctl reload tlsrelay");
+    // systemd 252's `systemctl reload` returns once ExecReload's kill has run (Type=notify-
+    // reload, which waits for RELOADING=1/READY=1, came in 253): wait for the daemon's line.
+    wait_for(Duration::from_secs(5), || (reloads().parse::<u32>().unwrap() > before).then_some(()));
     let (mut new, _) = service.client(HUB_PORT).expect("client after the reload");
     assert_ne!(new.serial(), old.serial(), "new clients get the new certificate");
     new.send("/nick after");
