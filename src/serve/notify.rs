@@ -36,6 +36,8 @@ static HANDED_OVER: AtomicBool = AtomicBool::new(false);
 static STATUS_THREAD: OnceLock<Thread> = OnceLock::new();
 /// Whether something changed since the last `STATUS=`.
 static DIRTY: AtomicBool = AtomicBool::new(false);
+/// Whether a failed send was logged: the status line could otherwise repeat it every second.
+static WARNED: AtomicBool = AtomicBool::new(false);
 
 /// Whether systemd asked to be notified.
 pub fn enabled() -> bool {
@@ -133,7 +135,10 @@ fn send(message: &str) {
     let sent = UnixDatagram::unbound().and_then(|socket| socket.send_to_addr(message.as_bytes(), addr));
     match sent {
         Ok(_) => debug!("notify: {}", message.replace('\n', " ")),
-        Err(err) => warn!("cannot notify systemd ({}): {err}", message.replace('\n', " ")),
+        Err(err) if !WARNED.swap(true, Ordering::Relaxed) => {
+            warn!("cannot notify systemd at {addr:?} ({}): {err}", message.replace('\n', " "))
+        }
+        Err(_) => {}
     }
 }
 
