@@ -152,9 +152,14 @@ impl Drop for KillOnDrop {
 /// systemd-socket-activate binds the port and starts tlsrelay on the first connection.
 fn socket_activated(certs: &Certs, extra: &[&str]) -> (Proc, u16) {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    activator(certs, &["-l", &format!("127.0.0.1:{port}")], extra, port)
+}
+
+fn activator(certs: &Certs, socket: &[&str], extra: &[&str], port: u16) -> (Proc, u16) {
     let mut command = std::process::Command::new("systemd-socket-activate");
     command
-        .args(["-l", &format!("127.0.0.1:{port}"), "-E", "RUST_LOG=info"])
+        .args(socket)
+        .args(["-E", "RUST_LOG=info"])
         .arg(env!("CARGO_BIN_EXE_tlsrelay"))
         .args(["serve", "--cert", certs.server_cert().to_str().unwrap()])
         .args(["--key", certs.server_key().to_str().unwrap()])
@@ -190,4 +195,20 @@ fn socket_activation_with_a_different_listen_is_a_usage_error() {
         .find(|l| l.contains("does not match the sockets"))
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(line.contains("127.0.0.1:1") && line.contains(&format!("127.0.0.1:{port}")), "{line}");
+}
+
+#[test]
+fn a_passed_socket_that_is_not_tcp_is_refused_naming_it() {
+    let certs = Certs::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (mut proc, _) = activator(&certs, &["--datagram", "-l", &format!("127.0.0.1:{port}")], &[], port);
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", ("127.0.0.1", port)).unwrap();
+    let status = proc.wait_exit(WAIT).expect("exits");
+    let stderr = proc.stderr();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("descriptor 3 passed by systemd (LISTEN_FDS): not a listening TCP socket"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening on"), "{stderr}");
 }
