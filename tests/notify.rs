@@ -97,6 +97,19 @@ fn status_counts_connections_and_a_stop_says_stopping() {
     assert_eq!(status, "STATUS=1 connection; 0 closed cleanly, 0 peer did not answer");
     drop(client);
     notify.expect("STATUS= with none", |m| m.starts_with("STATUS=0 connections;"));
+    // Changes every 50 ms for a second make at most one line a second.
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        let client = std::net::TcpStream::connect(daemon.addr()).unwrap();
+        std::thread::sleep(secs(0.05));
+        drop(client);
+    }
+    let mut lines = 0;
+    while let Some(message) = notify.next(secs(1.5)) {
+        assert!(message.starts_with("STATUS="), "{message}");
+        lines += 1;
+    }
+    assert!((1..=3).contains(&lines), "{lines} status lines for a burst in {:?}", t0.elapsed());
     // Nothing changes now: no more status lines, however long we wait.
     assert_eq!(notify.next(secs(1.5)), None, "a status line without a change");
     daemon.signal(libc::SIGTERM);

@@ -17,6 +17,8 @@ use systemd_support::package;
 
 /// The hub's default address inside the container (no --listen in /etc/default/tlsrelay).
 const HUB_PORT: u16 = 7443;
+/// tlsrelay@alt's --listen port.
+const ALT_PORT: u16 = 7444;
 /// tlsrelay.socket's ListenStream=.
 const SOCKET_PORT: u16 = 443;
 /// --close-timeout's default, which `systemctl stop` must stay within.
@@ -60,6 +62,7 @@ fn the_package_runs_tlsrelay_as_a_systemd_service() {
     assert!(ca.is_file(), "postinst made no development CA at /etc/tlsrelay/ca.crt:\n{installed}");
     let service = Service { tls: connector(&ca), box_ };
     assert_eq!(service.box_.property("ActiveState"), "active", "install starts the service:\n{installed}");
+    the_package_ships_units_man_pages_and_completions(&service);
 
     start_returns_once_the_hub_answers(&service);
     runs_unprivileged_with_the_small_malloc_cache(&service);
@@ -71,6 +74,28 @@ fn the_package_runs_tlsrelay_as_a_systemd_service() {
     journal_holds_the_listening_and_closed_lines(&service);
     socket_activation_serves_on_a_port_the_service_never_bound(&service);
     purge_removes_what_postinst_made(&service);
+}
+
+fn the_package_ships_units_man_pages_and_completions(service: &Service) {
+    assert_eq!(service.box_.sh("systemctl is-enabled tlsrelay.service"), "enabled");
+    let socket = service.box_.try_sh("systemctl is-enabled tlsrelay.socket", Duration::from_secs(10));
+    assert_eq!(String::from_utf8_lossy(&socket.stdout).trim(), "disabled", "the socket unit ships disabled");
+    for file in [
+        "/usr/share/man/man1/tlsrelay.1.gz",
+        "/usr/share/man/man1/tlsrelay-serve.1.gz",
+        "/usr/share/bash-completion/completions/tlsrelay",
+        "/usr/share/zsh/vendor-completions/_tlsrelay",
+        "/usr/share/fish/vendor_completions.d/tlsrelay.fish",
+        "/usr/lib/sysusers.d/tlsrelay.conf",
+        "/usr/lib/systemd/system/tlsrelay@.service",
+    ] {
+        assert!(service.box_.path(file).is_file(), "the package lacks {file}");
+    }
+    // The container's fresh /etc has no manpath.config: render the page on the host.
+    let page = service.box_.path("/usr/share/man/man1/tlsrelay-serve.1.gz");
+    let man = std::process::Command::new("man").arg("-l").arg(&page).env("MANWIDTH", "80").output();
+    let man = man.expect("run man -l");
+    assert!(String::from_utf8_lossy(&man.stdout).contains("--close-timeout"), "man tlsrelay-serve renders");
 }
 
 fn start_returns_once_the_hub_answers(service: &Service) {
@@ -141,7 +166,15 @@ fn reload_serves_a_new_certificate_and_keeps_old_clients(service: &Service) {
     assert_eq!(service.box_.property("ActiveState"), "active");
 }
 
+/// A second instance (tlsrelay@alt, its own port from /etc/tlsrelay/alt.env) is upgraded too.
 fn package_upgrade_is_hitless(service: &Service) {
+    service.box_.sh(&format!(
+        "echo 'TLSRELAY_OPTS=\"--listen 127.0.0.1:{ALT_PORT} --cert /etc/tlsrelay/server.crt --key /etc/tlsrelay/server.key\"' \
+         > /etc/tlsrelay/alt.env && systemctl start tlsrelay@alt"
+    ));
+    service.client(ALT_PORT).expect("the template instance answers on its own port");
+    let alt_pid = || service.box_.sh("systemctl show -P MainPID tlsrelay@alt");
+    let old_alt = alt_pid();
     let old_pid = service.main_pid();
     let (held, _) = service.client(HUB_PORT).expect("client before the upgrade");
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,6 +207,9 @@ fn package_upgrade_is_hitless(service: &Service) {
     });
     let new_pid = service.main_pid();
     assert_ne!(new_pid, old_pid, "the upgrade changed MainPID");
+    assert_ne!(alt_pid(), old_alt, "the upgrade changed tlsrelay@alt's MainPID too");
+    service.client(ALT_PORT).expect("tlsrelay@alt serves after the upgrade");
+    service.box_.sh("systemctl stop tlsrelay@alt");
     let (lines, clean) = held.finish();
     assert_eq!(lines.last().map(String::as_str), Some("* closing: upgrade"), "{lines:?}");
     assert!(clean, "the old process closed with close_notify");
