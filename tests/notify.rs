@@ -104,12 +104,14 @@ fn status_counts_connections_and_a_stop_says_stopping() {
         std::thread::sleep(secs(0.05));
         drop(client);
     }
+    // One line a second while it lasted (slower on a loaded machine), and one after.
+    let most = t0.elapsed().as_secs_f64().ceil() as usize + 1;
     let mut lines = 0;
     while let Some(message) = notify.next(secs(1.5)) {
         assert!(message.starts_with("STATUS="), "{message}");
         lines += 1;
     }
-    assert!((1..=3).contains(&lines), "{lines} status lines for a burst in {:?}", t0.elapsed());
+    assert!((1..=most).contains(&lines), "{lines} status lines for changes over {:?}", t0.elapsed());
     // Nothing changes now: no more status lines, however long we wait.
     assert_eq!(notify.next(secs(1.5)), None, "a status line without a change");
     daemon.signal(libc::SIGTERM);
