@@ -56,6 +56,7 @@ impl Service {
 fn the_package_runs_tlsrelay_as_a_systemd_service() {
     let share = tempfile::tempdir().unwrap();
     package::fresh_deb(share.path());
+    let next_version = package::next_revision(share.path());
     let box_ = Container::boot(share.path());
     let installed = box_.sh("DEBIAN_FRONTEND=noninteractive dpkg -i /pkg/tlsrelay.deb 2>&1");
     let ca = box_.path("/etc/tlsrelay/ca.crt");
@@ -68,7 +69,7 @@ fn the_package_runs_tlsrelay_as_a_systemd_service() {
     runs_unprivileged_with_the_small_malloc_cache(&service);
     sandbox_scores_ok_in_systemd_analyze_security(&service);
     reload_serves_a_new_certificate_and_keeps_old_clients(&service);
-    package_upgrade_is_hitless(&service);
+    package_upgrade_is_hitless(&service, &next_version);
     sigkill_of_the_main_process_is_restarted(&service);
     stop_closes_100_clients_cleanly_within_the_close_timeout(&service);
     journal_holds_the_listening_and_closed_lines(&service);
@@ -167,7 +168,7 @@ fn reload_serves_a_new_certificate_and_keeps_old_clients(service: &Service) {
 }
 
 /// A second instance (tlsrelay@alt, its own port from /etc/tlsrelay/alt.env) is upgraded too.
-fn package_upgrade_is_hitless(service: &Service) {
+fn package_upgrade_is_hitless(service: &Service, next_version: &str) {
     service.box_.sh(&format!(
         "echo 'TLSRELAY_OPTS=\"--listen 127.0.0.1:{ALT_PORT} --cert /etc/tlsrelay/server.crt --key /etc/tlsrelay/server.key\"' \
          > /etc/tlsrelay/alt.env && systemctl start tlsrelay@alt"
@@ -199,14 +200,15 @@ fn package_upgrade_is_hitless(service: &Service) {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        // Reinstalling the package runs postinst's upgrade path: SIGUSR2, not a restart.
-        let out = service.box_.sh("DEBIAN_FRONTEND=noninteractive dpkg -i /pkg/tlsrelay.deb 2>&1");
+        // postinst's upgrade path: SIGUSR2, not a restart.
+        let out = service.box_.sh("DEBIAN_FRONTEND=noninteractive dpkg -i /pkg/tlsrelay-next.deb 2>&1");
         assert!(out.contains("upgraded without a restart"), "postinst output:\n{out}");
         std::thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Release);
     });
     let new_pid = service.main_pid();
     assert_ne!(new_pid, old_pid, "the upgrade changed MainPID");
+    assert_eq!(service.box_.sh("dpkg-query -W -f '${Version}' tlsrelay"), next_version);
     assert_ne!(alt_pid(), old_alt, "the upgrade changed tlsrelay@alt's MainPID too");
     service.client(ALT_PORT).expect("tlsrelay@alt serves after the upgrade");
     service.box_.sh("systemctl stop tlsrelay@alt");

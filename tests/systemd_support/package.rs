@@ -22,6 +22,20 @@ pub fn fresh_deb(share: &Path) -> PathBuf {
     copy
 }
 
+/// The same build packaged as the next Debian revision (`tlsrelay-next.deb` in `share`),
+/// for a real version upgrade. Returns its version.
+pub fn next_revision(share: &Path) -> String {
+    let out = share.join("tlsrelay-next.deb");
+    let status = Command::new("cargo")
+        .current_dir(ROOT)
+        .args(["deb", "--no-build", "--strip", "--deb-revision", "2", "--output"])
+        .arg(&out)
+        .status()
+        .expect("run cargo deb");
+    assert!(status.success(), "cargo deb --deb-revision 2 failed ({status})");
+    format!("{}-2", env!("CARGO_PKG_VERSION"))
+}
+
 fn newest_deb() -> Option<(PathBuf, SystemTime)> {
     std::fs::read_dir(Path::new(ROOT).join("target/debian"))
         .ok()?
