@@ -108,6 +108,19 @@ fn start_returns_once_the_hub_answers(service: &Service) {
     // No retry: READY=1 comes only after every listener is bound.
     let (_client, welcome) = service.client(HUB_PORT).expect("the hub answers as soon as start returns");
     eprintln!("measured: systemctl start to ready: {} ms ({welcome})", took.as_millis());
+    // Issue 12's "done": openssl s_client with the package's CA talks to the hub.
+    let ca = service.box_.path("/etc/tlsrelay/ca.crt");
+    let script = format!(
+        "sleep 1 | openssl s_client -quiet -no_ign_eof -verify_return_error -CAfile {} -connect 127.0.0.1:{HUB_PORT}",
+        ca.display()
+    );
+    let s_client = service.box_.host_sh_in_net(&script, Duration::from_secs(20));
+    let said = String::from_utf8_lossy(&s_client.stdout);
+    assert!(
+        said.starts_with("* welcome to tlsrelay"),
+        "s_client: {said}{}",
+        String::from_utf8_lossy(&s_client.stderr)
+    );
     let status = wait_for(Duration::from_secs(5), || {
         let text = service.box_.property("StatusText");
         text.contains("1 connection;").then_some(text)

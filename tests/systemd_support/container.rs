@@ -98,8 +98,18 @@ impl Container {
 
     /// Runs `sh -c SCRIPT` inside and returns whatever happened; killed after `timeout`.
     pub fn try_sh(&self, script: &str, timeout: Duration) -> Output {
+        self.nsenter("-a", script, timeout)
+    }
+
+    /// Runs `sh -c SCRIPT` with the host's files and tools in the container's network, for
+    /// tools the container's fresh /etc cannot run (openssl without its openssl.cnf).
+    pub fn host_sh_in_net(&self, script: &str, timeout: Duration) -> Output {
+        self.nsenter("-n", script, timeout)
+    }
+
+    fn nsenter(&self, namespaces: &str, script: &str, timeout: Duration) -> Output {
         let child = Command::new("nsenter")
-            .args(["-t", &self.pid.to_string(), "-a", "sh", "-c", script])
+            .args(["-t", &self.pid.to_string(), namespaces, "sh", "-c", script])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
