@@ -215,25 +215,25 @@ fn child_of(parent: u32) -> Option<u32> {
 }
 
 fn wait_with_deadline(mut child: Child, timeout: Duration) -> Option<Output> {
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        if let Some(pipe) = stdout.as_mut() {
-            let _ = pipe.read_to_end(&mut out);
-        }
-        if let Some(pipe) = stderr.as_mut() {
-            let _ = pipe.read_to_end(&mut err);
-        }
-        (out, err)
-    });
+    // One reader per pipe, so that neither can fill up while the other is read.
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = read_all(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = read_all(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let status = wait_with_deadline_ref(&mut child, timeout);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
         return None;
     }
-    let (stdout, stderr) = reader.join().unwrap_or_default();
+    let (stdout, stderr) = (stdout.join().unwrap_or_default(), stderr.join().unwrap_or_default());
     Some(Output { status: status?, stdout, stderr })
 }
 
