@@ -55,8 +55,8 @@ impl Service {
 #[test]
 fn the_package_runs_tlsrelay_as_a_systemd_service() {
     let share = tempfile::tempdir().unwrap();
-    package::fresh_deb(share.path());
-    let next_version = package::next_revision(share.path());
+    let deb = package::fresh_deb(share.path());
+    let next_version = package::next_revision(share.path(), &deb);
     let box_ = Container::boot(share.path());
     let installed = box_.sh("DEBIAN_FRONTEND=noninteractive dpkg -i /pkg/tlsrelay.deb 2>&1");
     let ca = box_.path("/etc/tlsrelay/ca.crt");

@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The freshly built package, copied into `share` as `tlsrelay.deb`.
+/// The freshly built package, copied into `share` as `tlsrelay.deb`; returns where
+/// `make deb` left it.
 pub fn fresh_deb(share: &Path) -> PathBuf {
     let deb = match newest_deb() {
         Some((deb, built)) if built >= newest_source() => deb,
@@ -19,12 +20,13 @@ pub fn fresh_deb(share: &Path) -> PathBuf {
     };
     let copy = share.join("tlsrelay.deb");
     std::fs::copy(&deb, &copy).unwrap_or_else(|e| panic!("copy {}: {e}", deb.display()));
-    copy
+    deb
 }
 
 /// The same build packaged as the next Debian revision (`tlsrelay-next.deb` in `share`),
-/// for a real version upgrade. Returns its version.
-pub fn next_revision(share: &Path) -> String {
+/// for a real version upgrade. Returns its version. cargo-deb deletes the other versions in
+/// target/debian when it builds one, so `deb` (the fresh package) is put back.
+pub fn next_revision(share: &Path, deb: &Path) -> String {
     let out = share.join("tlsrelay-next.deb");
     let status = Command::new("cargo")
         .current_dir(ROOT)
@@ -33,6 +35,10 @@ pub fn next_revision(share: &Path) -> String {
         .status()
         .expect("run cargo deb");
     assert!(status.success(), "cargo deb --deb-revision 2 failed ({status})");
+    if !deb.exists() {
+        std::fs::copy(share.join("tlsrelay.deb"), deb)
+            .unwrap_or_else(|e| panic!("restore {}: {e}", deb.display()));
+    }
     format!("{}-2", env!("CARGO_PKG_VERSION"))
 }
 
