@@ -294,7 +294,44 @@ fn socket_activation_serves_on_a_port_the_service_never_bound(service: &Service)
     service.box_.sh("systemctl kill -s SIGUSR2 --kill-whom=main tlsrelay");
     service.wait_main_pid_change(pid, Duration::from_secs(15));
     service.client(SOCKET_PORT).expect("the upgraded process serves the passed socket");
+    // A restart with the socket held by systemd refuses no connection: they wait in its backlog.
+    let (attempts, refused, unserved) =
+        under_connection_loop(service, SOCKET_PORT, || service.box_.sh("systemctl restart tlsrelay"));
+    eprintln!(
+        "measured: systemctl restart under socket activation: {attempts} attempts, {refused} refused, \
+         {unserved} accepted but closed before their welcome"
+    );
+    assert_eq!(refused, 0, "{refused} of {attempts} connection attempts refused across a restart");
     service.box_.sh("systemctl disable --now tlsrelay.socket && systemctl restart tlsrelay");
+}
+
+/// Runs `action` while a client connects in a loop; returns the attempts, those refused at
+/// the TCP level, and those accepted but closed before the hub's welcome.
+fn under_connection_loop(
+    service: &Service,
+    port: u16,
+    action: impl FnOnce() -> String,
+) -> (usize, usize, usize) {
+    let stop = AtomicBool::new(false);
+    let (attempts, refused, unserved) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        let _stop_loop = StopOnDrop(&stop);
+        scope.spawn(|| {
+            while !stop.load(Ordering::Acquire) {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                match service.box_.connect(port) {
+                    Err(_) => refused.fetch_add(1, Ordering::Relaxed),
+                    Ok(tcp) => match HubClient::start(tcp, &service.tls) {
+                        Err(_) => unserved.fetch_add(1, Ordering::Relaxed),
+                        Ok(_) => 0,
+                    },
+                };
+            }
+        });
+        action();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    (attempts.into_inner(), refused.into_inner(), unserved.into_inner())
 }
 
 /// The reload step replaced server.crt and server.key, as an operator would: those stay.
