@@ -229,7 +229,7 @@ mod tests {
 
     /// An endpoint on 127.0.0.1:0 and its stop beacon.
     fn endpoint() -> (std::net::SocketAddr, Arc<HealthState>, sys::Beacon, JoinHandle<()>) {
-        let listener = sys::bind_listener("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let listener = sys::bind_listener("127.0.0.1:0".parse().unwrap(), 64, false).unwrap();
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(HealthState::default());
         let stop = sys::Beacon::new().unwrap();
