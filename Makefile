@@ -5,7 +5,7 @@ LISTEN ?= 127.0.0.1:7443
 UPSTREAM ?=
 PREFIX ?= /usr/local
 
-.PHONY: build build-deps certs run s_client test stress deps install clean
+.PHONY: build build-deps certs run s_client test stress deps install uninstall docs deb clean
 
 build: build-deps
 	cargo build --release --locked
@@ -34,7 +34,8 @@ endif
 s_client:
 	openssl s_client -quiet -verify_quiet -CAfile certs/ca.crt -servername localhost -connect $(LISTEN)
 
-test: deps
+# The .deb first: tests/systemd.rs installs it under systemd in a container.
+test: deps deb
 	cargo test --locked
 
 # Intermittent failures on demand (issue 15): the close-semantics, load, upgrade and hub suites
@@ -48,9 +49,50 @@ stress: deps
 deps:
 	bash scripts/install-test-deps.sh
 
-install: build
-	install -d $(DESTDIR)$(PREFIX)/bin
+# Man pages and completions, generated from the clap definitions by the binary itself.
+DOCS := target/docs
+docs: build
+	$(BIN) generate-docs --out $(DOCS)
+
+# target/debian/tlsrelay_VERSION_ARCH.deb (packaging/, [package.metadata.deb] in Cargo.toml).
+deb: docs
+	command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked
+	cargo deb --no-build --strip
+
+# The package's files for hosts without dpkg: `make install` (PREFIX=/usr/local, DESTDIR for
+# staging). The units' ExecStart names $(PREFIX)/bin/tlsrelay; /etc/default/tlsrelay is kept
+# if present. Then, as root: systemd-sysusers; systemctl daemon-reload; tlsrelay gen-cert
+# --out /etc/tlsrelay (or your own certificate); systemctl enable --now tlsrelay.
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR ?= $(PREFIX)/share/man/man1
+UNITS := tlsrelay.service tlsrelay@.service tlsrelay.socket
+install: docs
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(MANDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/default $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/vendor-completions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/tlsrelay
+	for unit in $(UNITS); do \
+		sed 's|/usr/bin/tlsrelay|$(PREFIX)/bin/tlsrelay|' packaging/systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit; \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit; \
+	done
+	install -m 0644 packaging/systemd/tlsrelay.sysusers $(DESTDIR)$(SYSUSERSDIR)/tlsrelay.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/default/tlsrelay ] || \
+		install -m 0644 packaging/default/tlsrelay $(DESTDIR)$(SYSCONFDIR)/default/tlsrelay
+	install -m 0644 $(DOCS)/man/*.1 $(DESTDIR)$(MANDIR)/
+	install -m 0644 $(DOCS)/completions/tlsrelay.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tlsrelay
+	install -m 0644 $(DOCS)/completions/_tlsrelay $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_tlsrelay
+	install -m 0644 $(DOCS)/completions/tlsrelay.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tlsrelay.fish
+
+# Removes what `make install` put in place, except /etc/default/tlsrelay and /etc/tlsrelay.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/tlsrelay $(DESTDIR)$(SYSUSERSDIR)/tlsrelay.conf
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(UNITDIR)/$$unit; done
+	rm -f $(DESTDIR)$(MANDIR)/tlsrelay.1 $(DESTDIR)$(MANDIR)/tlsrelay-*.1
+	rm -f $(DESTDIR)$(PREFIX)/share/bash-completion/completions/tlsrelay \
+		$(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_tlsrelay \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/tlsrelay.fish
 
 clean:
 	cargo clean

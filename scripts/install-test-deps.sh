@@ -29,6 +29,10 @@ if [ "${1:-test}" != build ]; then
     # Real PROXY protocol consumers and the balancer in front (tests/proxy_*.rs).
     need nginx nginx
     need haproxy haproxy
+    # tests/systemd.rs: the package under a real systemd in a container.
+    need systemd-nspawn systemd-container
+    need systemd-socket-activate systemd
+    need ps procps
 fi
 # The openssl crate builds against the system OpenSSL, found through pkg-config.
 if ! command -v pkg-config >/dev/null 2>&1; then

@@ -20,9 +20,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `serve --help` and the man page's closing section: signals, systemd, exit codes, files.
+const SERVE_NOTES: &str = "\
+Signals: SIGTERM or SIGINT stops, closing every connection cleanly (again: a fast stop); \
+SIGHUP or SIGUSR1 reloads the certificate, key and client CA for new handshakes; SIGUSR2 \
+upgrades without a lost connection (`tlsrelay upgrade --pid-file FILE`).
+
+Under systemd (tlsrelay.service, Type=notify): READY=1 once every listener is bound, \
+RELOADING=1 and STOPPING=1 around a reload and a stop, STATUS= with the live counts, and \
+after an upgrade the new process announces itself with MAINPID=. Sockets passed by systemd \
+(tlsrelay.socket, LISTEN_FDS) are served instead of binding; --listen must then be absent \
+or name exactly their addresses.
+
+Exit status: 0 after a requested stop; 1 when it cannot start (the line names the file or \
+address and the fix); 2 usage error; 3 a failure while running.
+
+Files (package): /etc/default/tlsrelay (TLSRELAY_OPTS), /etc/tlsrelay/ (certificates; \
+NAME.env for tlsrelay@NAME.service).";
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon: forward mode with --upstream, hub mode without it.
+    #[command(after_long_help = SERVE_NOTES)]
     Serve(ServeArgs),
     /// Make development certificates (CA, server, optional client certificates).
     GenCert(GenCertArgs),
@@ -32,6 +51,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Print a one-screen summary of a running daemon, read from its --status endpoint.
     Status(StatusArgs),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocsArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +148,13 @@ pub struct StatusArgs {
     /// Or its --pid-file: the address is read from that process's command line.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenerateDocsArgs {
+    /// Directory for man/ and completions/.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

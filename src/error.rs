@@ -15,6 +15,9 @@ pub enum Error {
     Usage(String),
     /// An OpenSSL call failed outside of any file (building a context, signing).
     Tls(openssl::error::ErrorStack),
+    /// A start-up problem already worded in full: every file involved and the fix (a key
+    /// that belongs to another certificate, a chain out of order, a file we may not read).
+    Setup(String),
     /// A requested upgrade did not happen (exit code 1), with the old process's reason.
     Upgrade(String),
     /// `tlsrelay status` could not read the daemon's --status endpoint.
@@ -63,7 +66,9 @@ impl fmt::Display for Error {
                 "cannot listen on {addr}: {} (choose another --listen address or stop what uses it)",
                 describe_io(source)
             ),
-            Error::Usage(msg) | Error::Upgrade(msg) | Error::Status(msg) => write!(f, "{msg}"),
+            Error::Usage(msg) | Error::Upgrade(msg) | Error::Status(msg) | Error::Setup(msg) => {
+                write!(f, "{msg}")
+            }
             Error::Tls(stack) => write!(f, "TLS setup failed: {}", describe_ssl(stack)),
             Error::Io(err) => write!(f, "{}", describe_io(err)),
         }

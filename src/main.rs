@@ -6,6 +6,7 @@ mod cidr;
 mod cli;
 mod client;
 mod config;
+mod docs;
 mod error;
 mod forward;
 mod hub;
@@ -39,6 +40,7 @@ fn main() {
             clients: args.clients,
         }),
         Command::Status(args) => status::run(args.status, args.pid_file.as_deref()),
+        Command::GenerateDocs(args) => docs::generate(&args.out),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

@@ -443,6 +443,24 @@ pub fn send_signal(pid: i32, signal: nix::sys::signal::Signal) -> io::Result<()>
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(io::Error::from)
 }
 
+/// The names of the user and group this process runs as (numbers when they have none),
+/// for errors that tell the operator whom to give access.
+pub fn identity() -> (String, String) {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let (uid, gid) = (Uid::effective(), Gid::effective());
+    let user = User::from_uid(uid).ok().flatten().map_or_else(|| uid.to_string(), |u| u.name);
+    let group = Group::from_gid(gid).ok().flatten().map_or_else(|| gid.to_string(), |g| g.name);
+    (user, group)
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd's `MONOTONIC_USEC=` wants it.
+pub fn monotonic_usec() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through the pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}
+
 /// Whether `pid` names a live process (signal 0 probes without sending anything).
 pub fn is_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()

@@ -164,3 +164,77 @@ fn no_subcommand_is_a_usage_error_exit_2() {
     let (status, stderr) = run_to_exit(&[], EXIT);
     assert_eq!(status.code(), Some(2), "exit {status}; stderr:\n{stderr}");
 }
+
+/// The one stderr line naming `what`, after checking the start failed (exit 1).
+fn start_failure_line(certs: &Certs, args: &[&str], what: &str) -> String {
+    let (status, stderr) = serve_to_exit(certs, args, EXIT);
+    assert_start_failure(status, &stderr, what);
+    stderr.lines().find(|l| l.contains(what)).unwrap().to_string()
+}
+
+#[test]
+fn key_of_another_certificate_exits_1_naming_both_files_and_the_fix() {
+    let (certs, other) = (Certs::new(), Certs::new());
+    let cert = certs.server_cert();
+    let key = other.server_key();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let args = ["--upstream", "127.0.0.1:9", "--cert", cert, "--key", key];
+    let line = start_failure_line(&certs, &args, key);
+    assert!(line.contains(cert), "the line must name the certificate too: {line}");
+    assert!(line.contains("does not belong to") && line.contains("--key"), "no fix in: {line}");
+}
+
+#[test]
+fn chain_out_of_order_exits_1_naming_both_files_and_the_fix() {
+    let certs = Certs::new();
+    let reversed = certs.dir().join("reversed-chain.crt");
+    let mut pem = std::fs::read(certs.ca()).unwrap();
+    pem.extend(std::fs::read(certs.server_cert()).unwrap());
+    std::fs::write(&reversed, pem).unwrap();
+    let (cert, key) = (reversed.to_str().unwrap(), certs.server_key());
+    let key = key.to_str().unwrap();
+    let line = start_failure_line(&certs, &["--upstream", "127.0.0.1:9", "--cert", cert, "--key", key], cert);
+    assert!(line.contains("out of order") && line.contains(key), "{line}");
+    assert!(line.contains("put it first"), "no fix in: {line}");
+}
+
+#[test]
+fn chain_in_order_is_accepted() {
+    let certs = Certs::new();
+    let chain = certs.dir().join("chain.crt");
+    let mut pem = std::fs::read(certs.server_cert()).unwrap();
+    pem.extend(std::fs::read(certs.ca()).unwrap());
+    std::fs::write(&chain, pem).unwrap();
+    let daemon = Daemon::start(&certs, &["--upstream", "127.0.0.1:9", "--cert", chain.to_str().unwrap()]);
+    assert!(daemon.port() > 0);
+}
+
+#[test]
+fn client_ca_without_a_certificate_exits_1_naming_the_file() {
+    let certs = Certs::new();
+    let ca = certs.server_key(); // a PEM file, but a key
+    let ca = ca.to_str().unwrap();
+    let line = start_failure_line(&certs, &["--upstream", "127.0.0.1:9", "--client-ca", ca], ca);
+    assert!(line.contains("no certificate") && line.contains("--client-ca"), "{line}");
+}
+
+/// As a service user would: the key is root's (0600), the daemon runs as nobody.
+#[test]
+fn key_unreadable_by_the_user_names_the_user_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let certs = Certs::new();
+    std::fs::set_permissions(certs.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(certs.server_cert(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let key = certs.server_key();
+    let key = key.to_str().unwrap();
+    let mut command = common::daemon::serve_command(&certs, &["--upstream", "127.0.0.1:9"]);
+    command.uid(65534).gid(65534);
+    let mut proc = common::process::Proc::spawn("tlsrelay serve as nobody", command);
+    let status = proc.wait_exit(EXIT).expect("a start failure exits at once");
+    let stderr = proc.stderr();
+    assert_start_failure(status, &stderr, key);
+    let line = stderr.lines().find(|l| l.contains(key)).unwrap();
+    assert!(line.contains("permission denied for user nobody"), "{line}");
+    assert!(line.contains(&format!("chgrp nogroup {key} && chmod g+r {key}")), "no fix in: {line}");
+}

@@ -14,6 +14,7 @@ use log::{info, warn};
 
 use crate::error::describe_io;
 use crate::serve::admission::Admission;
+use crate::serve::notify;
 use crate::serve::per_ip::{PerIp, Slot};
 use crate::serve::supervisor::Connections;
 use crate::serve::tally::Refusal;
@@ -165,6 +166,7 @@ impl ActiveGuard {
     fn take(shared: &Shared, slot: Option<Slot>) -> Self {
         let active = shared.connections.active.clone();
         active.fetch_add(1, Ordering::AcqRel);
+        notify::changed();
         ActiveGuard { active, _slot: slot }
     }
 }
@@ -172,6 +174,7 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::AcqRel);
+        notify::changed();
     }
 }
 

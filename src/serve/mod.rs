@@ -6,12 +6,14 @@
 //! a thread of its own answers `/metrics` and `/health` from the tally's atomics (status/,
 //! metrics/), and the served certificate's expiry is watched (certificate.rs).
 
+mod activation;
 mod admission;
 mod certificate;
 mod event;
 mod listener;
 mod malloc;
 mod metrics;
+mod notify;
 mod per_ip;
 mod proxy_accept;
 mod signals;
@@ -55,6 +57,8 @@ const RESERVED_FDS: u64 = 64;
 
 /// Runs the daemon; returns once a requested stop (or an upgrade) has completed.
 pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
+    // Before validate() fills in the default: passed sockets must match an explicit --listen.
+    let explicit_listen = (!args.listen.is_empty()).then(|| args.listen.clone());
     args.validate()?;
     let started = std::time::SystemTime::now();
     // Resolved first: a package upgrade may replace the binary at any moment after start.
@@ -62,12 +66,14 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     // Before `upgrade::inherited`, which takes the handed-over descriptors out of the
     // environment and closes them on exec: the re-executed process must find them too.
     malloc::limit_tcache(&exe);
-    let inherited = upgrade::inherited(args.listen.len())?;
+    let activated = activation::take(explicit_listen.as_deref())?;
+    let inherited = upgrade::inherited(explicit_listen.as_ref().map(Vec::len))?;
     let acceptor = acceptor::acceptor(&args.tls_config())?;
     let max_clients = capacity_checked(args.max_clients);
-    let (listeners, mut ready) = match inherited {
-        Some(mut inherited) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
-        None => (bind_all(&args)?, None),
+    let (listeners, mut ready) = match (inherited, activated) {
+        (Some(mut inherited), _) => (std::mem::take(&mut inherited.listeners), Some(inherited)),
+        (None, Some(passed)) => (passed, None),
+        (None, None) => (bind_all(&args)?, None),
     };
     let status_socket = status_socket(&args, ready.as_mut().and_then(|r| r.status.take()))?;
     for socket in &listeners {
@@ -106,6 +112,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
         max_clients,
         per_ip: (args.max_clients_per_ip > 0).then(|| Arc::new(PerIp::new(args.max_clients_per_ip))),
     });
+    let upgraded = ready.is_some();
     if let Some(inherited) = ready {
         inherited.signal_ready();
         info!("upgrade: serving in place of the previous process");
@@ -116,6 +123,7 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
         status::spawn(socket, Box::new(source), shutdown.accepting.fd())?;
     }
     drop(shared);
+    announce_ready(upgraded, &connections)?;
     let supervisor = Supervisor::new((events_tx, events_rx), shutdown, handles, connections, control);
     let handed_over =
         thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.run())?.join();
@@ -204,6 +212,23 @@ fn status_socket(args: &ServeArgs, inherited: Option<TcpListener>) -> Result<Opt
     // Logged before the `listening on` lines, so a script that waits for those finds it.
     info!("status endpoint on http://{}/metrics and /health", socket.local_addr()?);
     Ok(Some(socket))
+}
+
+/// Tells systemd we serve (an upgrade child: that systemd must follow it from now on), and
+/// keeps its status line current.
+fn announce_ready(upgraded: bool, connections: &Arc<Connections>) -> Result<(), Error> {
+    // The status thread first: a change it is not there to hear would never be reported.
+    let counts = connections.clone();
+    notify::start_status(move || {
+        let (clean, no_answer) = counts.tally.clean_and_no_answer();
+        notify::status_line(counts.open(), clean, no_answer)
+    })?;
+    if upgraded {
+        notify::ready_as_main_process();
+    } else {
+        notify::ready();
+    }
+    Ok(())
 }
 
 /// Prints the `listening on ADDR` lines scripts wait for, whatever `RUST_LOG` says, each in

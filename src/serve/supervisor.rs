@@ -14,7 +14,7 @@ use crate::serve::event::Event;
 use crate::serve::status::{Health, HealthState};
 use crate::serve::tally::{stop_summary, Counts, Tally};
 use crate::serve::thread_cache::ThreadCache;
-use crate::serve::upgrade;
+use crate::serve::{notify, upgrade};
 use crate::stop::Shutdown;
 
 /// What the supervisor needs for reloads and upgrades.
@@ -136,7 +136,9 @@ impl Supervisor {
             Event::StopRequested(signal) => self.on_stop_requested(signal),
             Event::ReloadRequested(signal) => {
                 info!("{signal}: reloading certificate, key and client CA");
+                notify::reloading();
                 (self.control.reload)();
+                notify::ready();
             }
             Event::UpgradeRequested => self.on_upgrade_requested(),
             Event::UpgradeReady { pid } => self.on_upgrade_ready(pid),
@@ -180,6 +182,7 @@ impl Supervisor {
             self.control.drain.as_secs_f64()
         );
         self.shutdown.accepting.light();
+        notify::hand_over();
         if let Some(path) = &self.control.pid_file {
             match std::fs::write(path, format!("{pid}\n")) {
                 Ok(()) => self.handed_over = true,
@@ -224,6 +227,9 @@ impl Supervisor {
     fn on_stop_requested(&mut self, signal: &str) {
         self.drain_until = None;
         self.control.health.set(Health::Stopping);
+        if !self.stopping && self.stop_at.is_none() {
+            notify::stopping(); // a --stop-delay is part of the stop systemd times
+        }
         let delay = self.control.stop_delay;
         if !self.stopping && self.stop_at.is_none() && !delay.is_zero() {
             info!("{signal}: stopping in {:.1} s; /health answers 503 meanwhile", delay.as_secs_f64());

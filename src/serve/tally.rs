@@ -114,6 +114,12 @@ impl Tally {
         labelled(&RESULTS, &self.upgrades)
     }
 
+    /// Connections closed cleanly and those whose peer did not answer, for systemd's status.
+    pub fn clean_and_no_answer(&self) -> (u64, u64) {
+        let counts = self.snapshot();
+        (counts.clean, counts.no_answer)
+    }
+
     pub fn snapshot(&self) -> Counts {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let total: u64 = self.closed.iter().map(read).sum();

@@ -140,8 +140,10 @@ pub struct Inherited {
 }
 
 /// Takes over the descriptors named in the environment, checking each is a listening TCP
-/// socket; the variables are removed so our own children do not see them.
-pub fn inherited(expected: usize) -> Result<Option<Inherited>, Error> {
+/// socket; the variables are removed so our own children do not see them. `expected` is the
+/// --listen count, when --listen was given (without it the parent may have served on sockets
+/// systemd passed, any number of them).
+pub fn inherited(expected: Option<usize>) -> Result<Option<Inherited>, Error> {
     let (Some(fds), Some(ready)) = (std::env::var_os(LISTEN_FDS_VAR), std::env::var_os(READY_FD_VAR)) else {
         return Ok(None);
     };
@@ -155,7 +157,7 @@ pub fn inherited(expected: usize) -> Result<Option<Inherited>, Error> {
         let fd: RawFd = text.parse().map_err(|_| bad("bad descriptor list"))?;
         listeners.push(sys::adopt_listener(fd).map_err(|e| bad(&format!("descriptor {fd}: {e}")))?);
     }
-    if listeners.len() != expected {
+    if expected.is_some_and(|n| n != listeners.len()) {
         return Err(bad("a listener count that differs from --listen"));
     }
     let status = match std::env::var_os(STATUS_FD_VAR) {

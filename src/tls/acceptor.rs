@@ -1,19 +1,13 @@
 //! The server's `SslAcceptor`, built from the operator's files with errors that name them.
 
-use std::fs;
-use std::path::Path;
-
 use openssl::nid::Nid;
-use openssl::pkey::{PKey, Private};
 use openssl::ssl::{AlpnError, SslAcceptor, SslAcceptorBuilder, SslMethod, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509Ref, X509VerifyResult, X509};
+use openssl::x509::{X509Ref, X509VerifyResult};
 
 use crate::config::{TlsConfig, TlsVersion};
-use crate::error::{describe_io, describe_ssl, Error};
-
-/// What to tell an operator whose certificate files are missing or broken.
-const CERT_HINT: &str = "run `make certs` or pass --cert/--key";
+use crate::error::Error;
+use crate::tls::files;
 
 /// Builds the acceptor: Mozilla intermediate profile, the given minimum version,
 /// certificate chain and key checked against each other, optional client CA.
@@ -35,21 +29,21 @@ pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptor, Error> {
     builder.set_read_ahead(true);
     offer_alpn(&mut builder, &config.alpn);
 
-    let chain = read_chain(&config.cert)?;
-    let key = read_key(&config.key)?;
+    let chain = files::read_chain(&config.cert)?;
+    let key = files::read_key(&config.key)?;
+    // Before OpenSSL sees them: its own word for a wrong pair is "key values mismatch".
+    files::check_pair(&chain, &key, &config.cert, &config.key)?;
     let (leaf, intermediates) = chain.split_first().expect("read_chain returns at least one");
     builder.set_certificate(leaf)?;
     for cert in intermediates {
         builder.add_extra_chain_cert(cert.clone())?;
     }
     builder.set_private_key(&key)?;
-    builder.check_private_key().map_err(|_| {
-        Error::file_with_hint(&config.key, "use key", "it does not match the certificate", CERT_HINT)
-    })?;
+    builder.check_private_key()?;
 
     if let Some(ca_path) = &config.client_ca {
         let mut store = X509StoreBuilder::new()?;
-        for ca in read_certs(ca_path, "read client CA")? {
+        for ca in files::read_client_ca(ca_path)? {
             store.add_cert(ca)?;
         }
         builder.set_verify_cert_store(store.build())?;
@@ -122,27 +116,6 @@ impl AllowedClients {
         });
         cn_matches || san_matches
     }
-}
-
-fn read_chain(path: &Path) -> Result<Vec<X509>, Error> {
-    read_certs(path, "read certificate")
-}
-
-fn read_certs(path: &Path, what: &'static str) -> Result<Vec<X509>, Error> {
-    let pem = fs::read(path).map_err(|e| Error::file_with_hint(path, what, describe_io(&e), CERT_HINT))?;
-    let certs = X509::stack_from_pem(&pem)
-        .map_err(|e| Error::file_with_hint(path, what, describe_ssl(&e), CERT_HINT))?;
-    if certs.is_empty() {
-        return Err(Error::file_with_hint(path, what, "no PEM certificate in it", CERT_HINT));
-    }
-    Ok(certs)
-}
-
-fn read_key(path: &Path) -> Result<PKey<Private>, Error> {
-    let pem =
-        fs::read(path).map_err(|e| Error::file_with_hint(path, "read key", describe_io(&e), CERT_HINT))?;
-    PKey::private_key_from_pem(&pem)
-        .map_err(|_| Error::file_with_hint(path, "read key", "not a PEM private key", CERT_HINT))
 }
 
 #[cfg(test)]

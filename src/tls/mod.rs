@@ -7,6 +7,7 @@ pub mod acceptor;
 pub mod certgen;
 pub mod close;
 pub mod expiry;
+pub mod files;
 pub mod handshake;
 pub mod handshake_memory;
 pub mod side;
