@@ -275,6 +275,59 @@ fn descriptor_exhaustion_backs_off_quietly_and_recovers_by_itself() {
     assert!(open_fds(pid) <= base + 2 * HELD);
 }
 
+/// The status endpoint out of descriptors: connections waiting in its queue must not make its
+/// thread spin (the failed accept is retried after a pause, the warning is rate-limited), and
+/// it answers again once descriptors free up.
+#[test]
+fn status_endpoint_out_of_descriptors_backs_off_quietly_and_recovers() {
+    let _serial = serial();
+    const HELD: usize = 10;
+    const WINDOW: f64 = 3.0;
+    let certs = Certs::new();
+    let daemon = Daemon::start(&certs, &["--status", "127.0.0.1:0", "--handshake-timeout", "60"]);
+    let line = daemon.wait_for_log("status endpoint on http://", STEP);
+    let status: std::net::SocketAddr =
+        line.split("http://").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    let (pid, addr) = (daemon.pid(), daemon.addr());
+    let tls = tls_for(&certs);
+    let warm = flood::run(&tls, &Plan::new(addr, 2, Expect::Line, STEP));
+    assert_eq!(flood::served(&warm), 2, "{}", flood::summary(&warm));
+    drop(warm);
+    daemon.wait_for_log_count(" closed: ", 2, STEP);
+    settled(|| open_fds(pid));
+    prlimit_nofile(pid, limit_with_room(pid, 2 * HELD));
+    let held = flood::run(&tls, &Plan::new(addr, HELD, Expect::Line, secs(30.0)));
+    assert_eq!(flood::served(&held), HELD, "{}", flood::summary(&held));
+
+    // Requests wait in the status socket's queue: each accept fails with EMFILE.
+    let waiting: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(status).unwrap()).collect();
+    let line = daemon.wait_for_log("status: accept failed", STEP);
+    assert!(line.contains("pausing accepts"), "{line}");
+    thread::sleep(secs(0.3));
+    let (lines_before, cpu_before, t) =
+        (daemon.count_log("status: accept failed"), daemon.cpu_ticks(), Instant::now());
+    thread::sleep(secs(WINDOW));
+    let cpu = (daemon.cpu_ticks() - cpu_before) as f64 / hostile_support::ticks_per_second();
+    let window = t.elapsed().as_secs_f64();
+    let lines = daemon.count_log("status: accept failed") - lines_before;
+    eprintln!("status EMFILE: {cpu:.3} s CPU in {window:.1} s, {lines} warning lines");
+    assert!(cpu < 0.05 * window, "the daemon used {cpu:.3} s CPU in {window:.1} s while accept failed");
+    assert!(lines as f64 <= window + 1.0, "{lines} `status: accept failed` lines in {window:.1} s");
+
+    drop(held);
+    drop(waiting);
+    let health = || -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(status).ok()?;
+        stream.set_read_timeout(Some(secs(2.0))).ok()?;
+        std::io::Write::write_all(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
+        Some(text)
+    };
+    let answered = eventually(STEP, || health().is_some_and(|text| text.starts_with("HTTP/1.1 200")));
+    assert!(answered, "the status endpoint answers again; log:\n{}", daemon.log_text());
+}
+
 /// The descriptor limit under which `pid` has exactly `room` free descriptor numbers.
 fn limit_with_room(pid: i32, room: usize) -> usize {
     let used: HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -28,6 +28,9 @@ pub const MAX_AT_ONCE: usize = 32;
 /// A request is read and answered within this, or dropped.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How long accepting pauses after EMFILE and its kin, as on the TLS listeners.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// What the endpoint answers from; called on the status thread only.
 pub trait Source: Send + 'static {
     /// The whole `/metrics` body.
@@ -60,11 +63,23 @@ struct Endpoint {
     source: Box<dyn Source>,
     /// Oldest first.
     conns: Vec<Conn>,
+    /// After an accept failed (EMFILE and kin): the listening socket is left out of poll
+    /// until then, or the connection waiting in its queue would make poll return at once.
+    accept_paused_until: Option<Instant>,
+    /// Accept failures since the last warning, which comes at most once a second.
+    accept_failures: u64,
+    last_warning: Option<Instant>,
 }
 
 impl Endpoint {
     fn new(source: Box<dyn Source>) -> Self {
-        Endpoint { source, conns: Vec::new() }
+        Endpoint {
+            source,
+            conns: Vec::new(),
+            accept_paused_until: None,
+            accept_failures: 0,
+            last_warning: None,
+        }
     }
 
     /// `stop_fd` (the listeners' stop) ends the endpoint only when an upgrade handed over:
@@ -78,11 +93,13 @@ impl Endpoint {
                 return;
             }
             // poll(2) skips negative descriptors.
-            let listen_fd = if handed_over { -1 } else { listener.as_raw_fd() };
+            let paused = self.accept_paused_until.is_some_and(|until| Instant::now() < until);
+            let listen_fd = if handed_over || paused { -1 } else { listener.as_raw_fd() };
             let stop_fd = if watch_stop { stop_fd } else { -1 };
             let mut fds = vec![poll_fd(listen_fd, true), poll_fd(stop_fd, true)];
             fds.extend(self.conns.iter().map(|c| poll_fd(c.stream.as_raw_fd(), c.reply.is_empty())));
-            let deadline = self.conns.iter().map(|c| c.deadline).min();
+            let pause_end = self.accept_paused_until.filter(|_| paused);
+            let deadline = self.conns.iter().map(|c| c.deadline).chain(pause_end).min();
             if let Err(err) = sys::poll_fds(&mut fds, deadline) {
                 warn!("status: poll failed: {err}");
                 thread::sleep(Duration::from_millis(100));
@@ -94,7 +111,7 @@ impl Endpoint {
                 handed_over = self.source.health() == Health::Draining;
             }
             self.serve_ready(&fds[2..]);
-            if fds[0].revents != 0 && !handed_over {
+            if fds[0].revents != 0 && !handed_over && !paused {
                 self.accept_all(listener);
             }
         }
@@ -136,12 +153,26 @@ impl Endpoint {
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(err) => {
-                    // EMFILE and its kin: the next poll round tries again.
-                    warn!("status: accept failed: {err}");
-                    return;
-                }
+                Err(err) => return self.pause_accepting(&err),
             }
+        }
+    }
+}
+
+impl Endpoint {
+    /// EMFILE and its kin: accepting pauses for [`ACCEPT_BACKOFF`] (no spin), and the warning
+    /// comes at most once a second, with the count.
+    fn pause_accepting(&mut self, err: &io::Error) {
+        let now = Instant::now();
+        self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+        self.accept_failures += 1;
+        if self.last_warning.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            warn!(
+                "status: accept failed: {err} ({} in the last second); pausing accepts",
+                self.accept_failures
+            );
+            self.accept_failures = 0;
+            self.last_warning = Some(now);
         }
     }
 }
