@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cidr::Cidr;
+use crate::config::cidr::Cidr;
+use crate::config::upstream_addr::UpstreamAddr;
 use crate::config::{ClientEof, ProxyVersion, RelayConfig, TlsConfig, TlsVersion};
 use crate::error::Error;
-use crate::upstream_addr::UpstreamAddr;
 
 #[derive(Parser, Debug)]
 #[command(name = "tlsrelay", version, about = "A TLS relay that always completes the TLS closure")]

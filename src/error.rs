@@ -10,7 +10,7 @@ pub enum Error {
     /// A file the operator named could not be read, written or parsed.
     File { path: PathBuf, what: &'static str, reason: String, hint: &'static str },
     /// A listening address could not be bound.
-    Bind { addr: String, source: io::Error },
+    Bind { addr: String, flag: &'static str, source: io::Error },
     /// The command line was consistent for clap but not for us (exit code 2).
     Usage(String),
     /// An OpenSSL call failed outside of any file (building a context, signing).
@@ -61,9 +61,9 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
-            Error::Bind { addr, source } => write!(
+            Error::Bind { addr, flag, source } => write!(
                 f,
-                "cannot listen on {addr}: {} (choose another --listen address or stop what uses it)",
+                "cannot listen on {addr}: {} (choose another {flag} address or stop what uses it)",
                 describe_io(source)
             ),
             Error::Usage(msg) | Error::Upgrade(msg) | Error::Status(msg) | Error::Setup(msg) => {

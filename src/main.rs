@@ -1,22 +1,19 @@
 //! tlsrelay: a TLS relay that always completes the TLS closure. `main` parses the command
 //! line, starts logging, runs the subcommand and is the only place that picks an exit code.
 
+mod admin;
 mod buffer;
-mod cidr;
 mod cli;
 mod client;
 mod config;
-mod docs;
 mod error;
 mod forward;
 mod hub;
 mod logging;
 mod serve;
-mod status;
 mod stop;
 mod sys;
 mod tls;
-mod upstream_addr;
 
 use clap::Parser;
 
@@ -39,8 +36,8 @@ fn main() {
             names: args.names,
             clients: args.clients,
         }),
-        Command::Status(args) => status::run(args.status, args.pid_file.as_deref()),
-        Command::GenerateDocs(args) => docs::generate(&args.out),
+        Command::Status(args) => admin::status::run(args.status, args.pid_file.as_deref()),
+        Command::GenerateDocs(args) => admin::docs::generate(&args.out),
         Command::Connect(args) => match client::run(args) {
             Ok(ending) => std::process::exit(ending.exit_code()),
             Err(err) => Err(err),

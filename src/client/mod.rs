@@ -7,11 +7,12 @@ mod closing;
 mod connector;
 mod console;
 mod dial;
+mod interrupt;
 mod session;
 
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::RawFd;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +20,12 @@ use openssl::ssl::SslStream;
 
 use crate::cli::ConnectArgs;
 use crate::error::Error;
-use crate::sys::{Beacon, PollSet};
+use crate::sys::PollSet;
 use backoff::{jitter, Backoff};
 use connector::{fingerprint, Connector};
 use console::Console;
 use dial::{dial, DialError};
+use interrupt::Interrupt;
 use session::{End, Outcome, Request, Session};
 
 /// How `connect` ended when nothing failed; `main` turns it into the exit code.
@@ -42,30 +44,6 @@ impl Ending {
             Ending::Clean => 0,
             Ending::Truncated => 3,
         }
-    }
-}
-
-/// Ctrl-C as two beacons the poll loops watch: the first press asks for a clean close
-/// (close_notify sent, the server's awaited), the second stops waiting.
-pub struct Interrupt {
-    pub stop: Beacon,
-    pub fast: Beacon,
-}
-
-impl Interrupt {
-    fn install() -> Result<Arc<Self>, Error> {
-        let interrupt = Arc::new(Interrupt { stop: Beacon::new()?, fast: Beacon::new()? });
-        let handler = interrupt.clone();
-        ctrlc::set_handler(move || match handler.stop.is_lit() {
-            false => handler.stop.light(),
-            true => handler.fast.light(),
-        })
-        .map_err(|e| failure(format!("cannot handle Ctrl-C: {e}")))?;
-        Ok(interrupt)
-    }
-
-    fn fds(&self) -> [RawFd; 2] {
-        [self.stop.fd(), self.fast.fd()]
     }
 }
 

@@ -9,7 +9,7 @@ use openssl::ssl::SslStream;
 
 use super::closing::LastLine;
 use super::console::Console;
-use super::Interrupt;
+use super::interrupt::Interrupt;
 use crate::error::describe_io;
 use crate::sys::PollSet;
 use crate::tls::close::{TlsEnd, TlsStatus};

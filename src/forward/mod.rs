@@ -45,7 +45,7 @@ pub fn serve(
         }
         if let (Some(version), Some(upstream)) = (config.proxy_protocol, stream.as_mut()) {
             let facts = proxy_header::TlsFacts::of(tls.ssl());
-            let header = proxy_header::build(version, endpoints.client, endpoints.local, &facts);
+            let header = proxy_header::build(version, endpoints.client, endpoints.local, &facts)?;
             upstream.write_header(&header).map_err(|e| format!("sending the PROXY header: {e}"))?;
         }
         Ok(stream)

@@ -51,11 +51,18 @@ impl TlsFacts {
     }
 }
 
-/// The header for a client at `source` that connected to `destination`.
-pub fn build(version: ProxyVersion, source: SocketAddr, destination: SocketAddr, tls: &TlsFacts) -> Vec<u8> {
+/// The header for a client at `source` that connected to `destination`. An error (a value
+/// over a TLV's length limit) means no header: the upstream must never get the client's bytes
+/// without the header it was promised.
+pub fn build(
+    version: ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+    tls: &TlsFacts,
+) -> Result<Vec<u8>, String> {
     let (source, destination) = same_family(source, destination);
     match version {
-        ProxyVersion::V1 => v1(source, destination),
+        ProxyVersion::V1 => Ok(v1(source, destination)),
         ProxyVersion::V2 => v2(source, destination, tls),
     }
 }
@@ -86,7 +93,7 @@ fn v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
-fn v2(source: SocketAddr, destination: SocketAddr, tls: &TlsFacts) -> Vec<u8> {
+fn v2(source: SocketAddr, destination: SocketAddr, tls: &TlsFacts) -> Result<Vec<u8>, String> {
     let mut tlvs: Vec<(Type, Vec<u8>)> = Vec::new();
     if let Some(alpn) = &tls.alpn {
         tlvs.push((Type::ALPN, alpn.clone()));
@@ -97,12 +104,10 @@ fn v2(source: SocketAddr, destination: SocketAddr, tls: &TlsFacts) -> Vec<u8> {
     tlvs.push((Type::SSL, ssl_tlv(tls)));
     let builder =
         Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, (source, destination));
-    // Every value is far below the u16 length limit (names and the cipher are short), and the
-    // builder writes into a Vec: neither step can fail.
     tlvs.iter()
         .try_fold(builder, |builder, (kind, value)| builder.write_tlv(*kind, value))
         .and_then(Builder::build)
-        .unwrap_or_default()
+        .map_err(|e| format!("cannot build the PROXY v2 header: {e}"))
 }
 
 /// `PP2_TYPE_SSL`: client flags, the verify result (0 = a certificate was presented and
@@ -154,10 +159,11 @@ mod tests {
     #[test]
     fn v1_names_both_endpoints_in_one_family() {
         let (src, dst) = ("203.0.113.7:51000".parse().unwrap(), "10.0.0.1:443".parse().unwrap());
-        let line = build(ProxyVersion::V1, src, dst, &TlsFacts::default());
+        let line = build(ProxyVersion::V1, src, dst, &TlsFacts::default()).unwrap();
         assert_eq!(line, b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n");
         let dst6 = "[2001:db8::1]:443".parse().unwrap();
-        let line = String::from_utf8(build(ProxyVersion::V1, src, dst6, &TlsFacts::default())).unwrap();
+        let line =
+            String::from_utf8(build(ProxyVersion::V1, src, dst6, &TlsFacts::default()).unwrap()).unwrap();
         assert_eq!(line, "PROXY TCP6 ::ffff:203.0.113.7 2001:db8::1 51000 443\r\n");
         let parsed = ppp::v1::Header::try_from(line.as_str()).expect("ppp reads our v1 line");
         assert_eq!(parsed.header, line);
@@ -166,7 +172,7 @@ mod tests {
     #[test]
     fn v2_carries_addresses_alpn_sni_and_the_tls_session() {
         let (src, dst) = ("[2001:db8::7]:51000".parse().unwrap(), "[::1]:443".parse().unwrap());
-        let header = build(ProxyVersion::V2, src, dst, &facts());
+        let header = build(ProxyVersion::V2, src, dst, &facts()).unwrap();
         let parsed = v2::Header::try_from(header.as_slice()).expect("ppp reads our v2 header");
         assert_eq!(parsed.command, Command::Proxy);
         assert_eq!(parsed.len(), header.len(), "nothing follows the header");
@@ -202,7 +208,7 @@ mod tests {
     fn v2_without_client_certificate_says_not_verified_and_sends_no_cn() {
         let tls = TlsFacts { alpn: None, sni: None, client_cn: None, client_cert: false, ..facts() };
         let src = "127.0.0.1:5000".parse().unwrap();
-        let header = build(ProxyVersion::V2, src, "127.0.0.1:443".parse().unwrap(), &tls);
+        let header = build(ProxyVersion::V2, src, "127.0.0.1:443".parse().unwrap(), &tls).unwrap();
         let tlvs = tlvs(&header);
         assert_eq!(tlvs.len(), 1, "only PP2_TYPE_SSL: {tlvs:?}");
         assert_eq!(tlvs[0].1[0], PP2_CLIENT_SSL);

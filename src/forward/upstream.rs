@@ -5,11 +5,11 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Instant;
 
+use crate::config::upstream_addr::UpstreamAddr;
 use crate::config::RelayConfig;
 use crate::error::describe_io;
 use crate::stop::Shutdown;
 use crate::sys;
-use crate::upstream_addr::UpstreamAddr;
 
 use super::stream::UpstreamStream;
 

@@ -13,7 +13,7 @@ use log::{debug, info};
 
 use crate::serve::per_ip::{PerIp, Slot};
 use crate::serve::proxy_accept::{self, Origin, Refused};
-use crate::serve::tally::Refusal;
+use crate::serve::tally::{Refusal, Tally};
 
 /// How the listener handed a connection over.
 pub enum Admission {
@@ -48,8 +48,8 @@ pub fn admit(
     tcp: &TcpStream,
     peer: SocketAddr,
     admission: Admission,
-    deadline: Instant,
-    stops: &[RawFd],
+    (deadline, stops): (Instant, &[RawFd]),
+    tally: &Tally,
 ) -> Result<Admitted, Dropped> {
     let direct = Admitted { client: peer, destination: None, _slot: None };
     match admission {
@@ -62,12 +62,13 @@ pub fn admit(
             Err(Refused::Stop) => Err(Dropped::Stop),
             // Silence or an early end: the handshake reports it as usual.
             _ => {
+                tally.accept();
                 info!("conn {id} from {peer} accepted");
                 Ok(direct)
             }
         },
         Admission::Proxied(per_ip) => match proxy_accept::read(tcp, deadline, stops) {
-            Ok(origin) => admit_origin(id, peer, origin, per_ip.as_ref()),
+            Ok(origin) => admit_origin(id, peer, origin, per_ip.as_ref(), tally),
             Err(Refused::Stop) => Err(Dropped::Stop),
             Err(refused) => {
                 info!("conn {id} from {peer} refused: {refused}");
@@ -82,6 +83,7 @@ fn admit_origin(
     peer: SocketAddr,
     origin: Origin,
     per_ip: Option<&Arc<PerIp>>,
+    tally: &Tally,
 ) -> Result<Admitted, Dropped> {
     let (client, destination, via) = match origin {
         Origin::Relayed { source, destination } => (source, Some(destination), format!(" via {peer}")),
@@ -100,6 +102,7 @@ fn admit_origin(
         },
         None => None,
     };
+    tally.accept();
     info!("conn {id} from {client}{via} accepted");
     Ok(Admitted { client, destination, _slot: slot })
 }

@@ -132,6 +132,7 @@ fn admit(tcp: TcpStream, peer: SocketAddr, shared: &Shared, logs: &mut RefusalLo
         // With --accept-proxy, the worker first checks that no header comes unasked.
         (false, false) => Admission::Direct { logged: false },
         (false, true) => {
+            shared.connections.tally.accept();
             info!("conn {id} from {peer} accepted");
             Admission::Direct { logged: true }
         }

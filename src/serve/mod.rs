@@ -206,8 +206,11 @@ fn status_socket(args: &ServeArgs, inherited: Option<TcpListener>) -> Result<Opt
     let Some(addr) = args.status else { return Ok(None) };
     let socket = match inherited {
         Some(socket) => socket,
-        None => sys::bind_listener(addr, STATUS_BACKLOG, false)
-            .map_err(|source| Error::Bind { addr: format!("{addr} (--status)"), source })?,
+        None => sys::bind_listener(addr, STATUS_BACKLOG, false).map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            flag: "--status",
+            source,
+        })?,
     };
     // Logged before the `listening on` lines, so a script that waits for those finds it.
     info!("status endpoint on http://{}/metrics and /health", socket.local_addr()?);
@@ -245,8 +248,11 @@ fn bind_all(args: &ServeArgs) -> Result<Vec<TcpListener>, Error> {
     args.listen
         .iter()
         .map(|addr| {
-            sys::bind_listener(*addr, args.backlog, args.reuse_port)
-                .map_err(|source| Error::Bind { addr: addr.to_string(), source })
+            sys::bind_listener(*addr, args.backlog, args.reuse_port).map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                flag: "--listen",
+                source,
+            })
         })
         .collect()
 }

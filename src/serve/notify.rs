@@ -87,16 +87,18 @@ pub fn start_status(status: impl Fn() -> String + Send + 'static) -> io::Result<
         return Ok(());
     }
     let handle = std::thread::Builder::new().name("notify-status".into()).spawn(move || {
-        let mut last_sent = Instant::now() - STATUS_INTERVAL;
+        // `Instant::now() - STATUS_INTERVAL` would panic within a second of boot.
+        let mut last_sent: Option<Instant> = None;
         loop {
             while !DIRTY.load(Ordering::Acquire) {
                 std::thread::park();
             }
-            let at = (last_sent + STATUS_INTERVAL).max(Instant::now() + STATUS_SETTLE);
+            let settled = Instant::now() + STATUS_SETTLE;
+            let at = last_sent.map_or(settled, |sent| (sent + STATUS_INTERVAL).max(settled));
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
             DIRTY.store(false, Ordering::Release);
             send(&format!("STATUS={}", status()));
-            last_sent = Instant::now();
+            last_sent = Some(Instant::now());
         }
     })?;
     let _ = STATUS_THREAD.set(handle.thread().clone());
@@ -132,7 +134,12 @@ fn send(message: &str) {
     if HANDED_OVER.load(Ordering::Acquire) {
         return;
     }
-    let sent = UnixDatagram::unbound().and_then(|socket| socket.send_to_addr(message.as_bytes(), addr));
+    // Non-blocking: a service manager whose queue is full costs a notification, never a
+    // stalled supervisor (STOPPING=1 is sent from its thread).
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        socket.set_nonblocking(true)?;
+        socket.send_to_addr(message.as_bytes(), addr)
+    });
     match sent {
         Ok(_) => debug!("notify: {}", message.replace('\n', " ")),
         Err(err) if !WARNED.swap(true, Ordering::Relaxed) => {

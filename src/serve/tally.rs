@@ -58,6 +58,8 @@ pub const RESULTS: [&str; 2] = ["success", "failure"];
 
 #[derive(Default)]
 pub struct Tally {
+    /// The `conn ID from ADDR accepted` lines, counted where each is logged.
+    accepted: AtomicU64,
     closed: [AtomicU64; KINDS.len()],
     handshake_failures: [AtomicU64; HANDSHAKE_REASONS.len()],
     refused: [AtomicU64; REFUSALS.len()],
@@ -76,6 +78,15 @@ impl Tally {
             _ => return,
         };
         self.handshake_failures[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one `accepted` line; called just before it is logged.
+    pub fn accept(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     pub fn refused(&self, why: Refusal) {
@@ -188,11 +199,12 @@ pub struct Counts {
 
 /// The `stopped:` line: the connections that ended between two snapshots.
 pub fn stop_summary(before: Counts, after: Counts) -> String {
-    let clean = after.clean - before.clean;
-    let no_answer = after.no_answer - before.no_answer;
-    let dropped = after.dropped_in_handshake - before.dropped_in_handshake;
-    let total = after.total - before.total;
-    let other = total - clean - no_answer - dropped;
+    // The counters are read one by one, not at one instant: never let a race underflow.
+    let clean = after.clean.saturating_sub(before.clean);
+    let no_answer = after.no_answer.saturating_sub(before.no_answer);
+    let dropped = after.dropped_in_handshake.saturating_sub(before.dropped_in_handshake);
+    let total = after.total.saturating_sub(before.total);
+    let other = total.saturating_sub(clean + no_answer + dropped);
     format!(
         "stopped: {total} connections: {clean} clean, {no_answer} peer did not answer, \
          {dropped} dropped in handshake, {other} other"

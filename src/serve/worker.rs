@@ -70,13 +70,13 @@ pub fn run(
     let deadline = started + settings.relay.handshake_timeout;
     let stops = [shutdown.handshakes.fd(), shutdown.fast.fd()];
     let Client { tcp, peer, admission } = client;
-    let admitted = match admission::admit(id, &tcp, peer, admission, deadline, &stops) {
-        Ok(admitted) => admitted,
-        Err(Dropped::Stop) => return tally.count(&CloseKind::DroppedInHandshake),
-        Err(Dropped::Refused(why)) => return tally.refused(why),
-    };
     let (kind, bytes_in, bytes_out) =
-        serve(id, tcp, &admitted, reserved, settings, shutdown, (deadline, tally));
+        match admission::admit(id, &tcp, peer, admission, (deadline, &stops), tally) {
+            Ok(admitted) => serve(id, tcp, &admitted, reserved, settings, shutdown, (deadline, tally)),
+            // Still waiting for its PROXY header: a connection dropped in its handshake.
+            Err(Dropped::Stop) => (CloseKind::DroppedInHandshake, 0, 0),
+            Err(Dropped::Refused(why)) => return tally.refused(why),
+        };
     // Counted before the line: a scrape after the line has been read includes it.
     tally.count(&kind);
     info!(

@@ -31,7 +31,7 @@ extern "C" {
 
 /// Records OpenSSL may still hold decrypted or read ahead: `SSL_read` returns those before it
 /// touches the (missing) read BIO. Bounded so that a hostile peer cannot keep us here.
-const MAX_BUFFERED_READS: usize = 40;
+const MAX_BUFFERED_READS: usize = 1024;
 
 /// Ends `stream` uncleanly: the fatal `internal_error` alert if the socket takes it now, then
 /// `SO_LINGER` 0 so that dropping the stream resets the connection. Never sends close_notify.

@@ -10,9 +10,6 @@ use std::fmt::Write;
 
 use super::histogram::HistogramSnapshot;
 
-/// What a scrape's `Content-Type` says.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     Counter,

@@ -40,7 +40,7 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION"),
             openssl: openssl_version(),
             start_time: self.started.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
-            accepted: self.shared.next_id.load(Ordering::Relaxed) - 1,
+            accepted: self.shared.connections.tally.accepted(),
             active: connections.open() as u64,
             closed: tally.closed(),
             refused: tally.refusals(),

@@ -3,6 +3,9 @@
 //! connection (so no keep-alive state, no body reading).
 
 /// The largest request head we read; past it the answer is 431.
+/// A scrape's `Content-Type`: the Prometheus text exposition format the metrics are written in.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 pub const MAX_REQUEST: usize = 8 * 1024;
 
 /// What a request head asks for, as far as the endpoint cares.

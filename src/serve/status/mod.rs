@@ -231,9 +231,7 @@ fn answer(parsed: Parse, source: &dyn Source) -> Vec<u8> {
         Parse::Incomplete => return http::response(400, TEXT, "bad request\n", false),
     };
     match path.as_str() {
-        "/metrics" => {
-            http::response(200, crate::serve::metrics::exposition::CONTENT_TYPE, &source.metrics(), head)
-        }
+        "/metrics" => http::response(200, http::METRICS_CONTENT_TYPE, &source.metrics(), head),
         "/health" => {
             let health = source.health();
             http::response(health.status(), TEXT, &format!("{}\n", health.word()), head)

@@ -1,13 +1,16 @@
 //! The validated configuration that `cli.rs` produces and the layers below it read: the TLS
 //! files and policy, and what every connection's pump needs. Nothing here knows the daemon.
 
+pub mod cidr;
+pub mod upstream_addr;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::cidr::Cidr;
-use crate::upstream_addr::UpstreamAddr;
+use cidr::Cidr;
+use upstream_addr::UpstreamAddr;
 
 /// The lowest TLS version served (`--tls-min`).
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
