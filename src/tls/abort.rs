@@ -78,31 +78,13 @@ fn send_internal_error(stream: &mut SslStream<TcpStream>) {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
-    use std::net::TcpListener;
 
-    use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode, SslVersion};
-
-    use crate::tls::certgen;
+    use openssl::ssl::SslVersion;
 
     /// A TLS connection over loopback TCP at `version`: (our non-blocking server side, a
     /// blocking client).
     fn tls_pair(version: SslVersion) -> (SslStream<TcpStream>, SslStream<TcpStream>) {
-        let dir = tempfile::tempdir().unwrap();
-        certgen::run(&certgen::Options { out: dir.path().into(), names: vec![], clients: vec![] }).unwrap();
-        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acceptor.set_certificate_chain_file(dir.path().join("server.crt")).unwrap();
-        acceptor.set_private_key_file(dir.path().join("server.key"), SslFiletype::PEM).unwrap();
-        acceptor.set_max_proto_version(Some(version)).unwrap();
-        let acceptor = acceptor.build();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = std::thread::spawn(move || {
-            let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
-            connector.set_verify(SslVerifyMode::NONE);
-            connector.build().connect("localhost", TcpStream::connect(addr).unwrap()).unwrap()
-        });
-        let mut ours = acceptor.accept(listener.accept().unwrap().0).unwrap();
-        let mut client = client.join().unwrap();
+        let (mut ours, mut client) = crate::tls::test_pair::loopback_pair(Some(version));
         // The client's first byte: afterwards TLS 1.3's tickets are on the client's side.
         client.write_all(b"x").unwrap();
         ours.read_exact(&mut [0u8; 1]).unwrap();

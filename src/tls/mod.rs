@@ -11,3 +11,5 @@ pub mod files;
 pub mod handshake;
 pub mod handshake_memory;
 pub mod side;
+#[cfg(test)]
+pub mod test_pair;

@@ -287,32 +287,15 @@ fn remember_wait(waits: &mut Option<Want>, err: &ssl::Error) -> TlsStatus {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::TcpListener;
     use std::time::{Duration, Instant};
 
-    use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyMode};
-
-    use crate::tls::certgen;
     use crate::tls::close::TlsEnd;
 
     /// A TLS connection over loopback TCP: (our non-blocking server side, a blocking client).
     fn tls_pair() -> (TlsSide, SslStream<TcpStream>) {
-        let dir = tempfile::tempdir().unwrap();
-        certgen::run(&certgen::Options { out: dir.path().into(), names: vec![], clients: vec![] }).unwrap();
-        let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).unwrap();
-        acceptor.set_certificate_chain_file(dir.path().join("server.crt")).unwrap();
-        acceptor.set_private_key_file(dir.path().join("server.key"), SslFiletype::PEM).unwrap();
-        let acceptor = acceptor.build();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = std::thread::spawn(move || {
-            let mut connector = SslConnector::builder(SslMethod::tls()).unwrap();
-            connector.set_verify(SslVerifyMode::NONE);
-            connector.build().connect("localhost", TcpStream::connect(addr).unwrap()).unwrap()
-        });
-        let ours = acceptor.accept(listener.accept().unwrap().0).unwrap();
+        let (ours, client) = crate::tls::test_pair::loopback_pair(None);
         ours.get_ref().set_nonblocking(true).unwrap();
-        (TlsSide::new(ours), client.join().unwrap())
+        (TlsSide::new(ours), client)
     }
 
     /// Polls for what `side` waits for (at most 5 s), then tells it what came.
