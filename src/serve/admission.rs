@@ -56,7 +56,7 @@ pub fn admit(
         Admission::Direct { logged: true } => Ok(direct),
         Admission::Direct { logged: false } => match proxy_accept::starts_with_header(tcp, deadline, stops) {
             Ok(true) => {
-                info!("conn {id} from {peer} refused: a PROXY header from a source outside --accept-proxy");
+                info!("conn {id} from {peer} refused: a PROXY header from a source outside --accept-proxy (add the balancer's address to --accept-proxy)");
                 Err(Dropped::Refused(Refusal::ProxyUntrusted))
             }
             Err(Refused::Stop) => Err(Dropped::Stop),
@@ -71,7 +71,7 @@ pub fn admit(
             Ok(origin) => admit_origin(id, peer, origin, per_ip.as_ref(), tally),
             Err(Refused::Stop) => Err(Dropped::Stop),
             Err(refused) => {
-                info!("conn {id} from {peer} refused: {refused}");
+                info!("conn {id} from {peer} refused: {refused} (a source in --accept-proxy must send a PROXY v1/v2 header first; is the balancer's send-proxy on?)");
                 Err(Dropped::Refused(Refusal::ProxyHeader))
             }
         },
