@@ -86,9 +86,10 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     signals::install(&events_tx)?;
     // An upgrade child never touches the pid file: its parent rewrites it. Written before
     // the `listening on` lines, so whoever waits for them finds it.
-    if let (Some(path), None) = (&args.pid_file, &ready) {
-        write_pid_file(path)?;
-    }
+    let mut pid_file = match (&args.pid_file, &ready) {
+        (Some(path), None) => Some(PidFile::write(path)?),
+        _ => None,
+    };
     announce_listening(&listeners)?;
 
     let certificate = Certificate::new(args.cert.clone());
@@ -128,8 +129,12 @@ pub fn serve(mut args: ServeArgs) -> Result<(), Error> {
     let handed_over =
         thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.run())?.join();
 
-    if let (Some(path), Ok(false)) = (&args.pid_file, handed_over) {
-        let _ = fs::remove_file(path);
+    let handed_over = matches!(handed_over, Ok(true));
+    match (pid_file.as_mut(), &args.pid_file) {
+        (Some(ours), _) if handed_over => ours.keep(), // it names our successor now
+        // An upgrade's new process: its parent rewrote the file to name us once we served.
+        (None, Some(path)) if !handed_over => drop(PidFile::adopt(path)),
+        _ => {}
     }
     Ok(())
 }
@@ -274,7 +279,32 @@ fn capacity_checked(requested: usize) -> usize {
     requested
 }
 
-fn write_pid_file(path: &Path) -> Result<(), Error> {
-    fs::write(path, format!("{}\n", std::process::id()))
-        .map_err(|e| Error::file(path, "write pid file", describe_io(&e)))
+/// The --pid-file we wrote: removed when the daemon ends (a stop, or a start that failed
+/// after writing it), unless an upgrade made it name the new process.
+struct PidFile {
+    path: Option<PathBuf>,
+}
+
+impl PidFile {
+    fn write(path: &Path) -> Result<Self, Error> {
+        fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::file(path, "write pid file", describe_io(&e)))?;
+        Ok(PidFile { path: Some(path.to_path_buf()) })
+    }
+
+    fn adopt(path: &Path) -> Self {
+        PidFile { path: Some(path.to_path_buf()) }
+    }
+
+    fn keep(&mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
