@@ -63,7 +63,11 @@ fn silent_client_is_dropped_at_handshake_timeout_while_others_are_served() {
     let local = silent.local_addr().unwrap().to_string();
     f.daemon.wait_for_log("accepted", PEER);
     assert_serves_another_client(&f); // while the silent one still holds its handshake
-    assert_eq!(f.daemon.count_log("handshake timeout"), 0, "dropped too early");
+                                      // On a machine loaded enough that serving the other client took the whole timeout, the
+                                      // silent one may rightly be gone already; otherwise it must still be there.
+    if t0.elapsed() < secs(1.3) {
+        assert_eq!(f.daemon.count_log("handshake timeout"), 0, "dropped too early");
+    }
     read_until_closed(&mut silent, secs(5.0)).expect("the silent client must be dropped");
     let waited = t0.elapsed();
     assert!(waited >= secs(1.4), "dropped after {waited:?}, before --handshake-timeout 1.5");
