@@ -137,13 +137,17 @@ fn a_reader_that_pauses_and_resumes_is_told_how_many_lines_it_lost() {
     let mut daemon = Daemon::start(&certs, &[]);
     let mut paused = HubClient::connect_with(&daemon, &certs, &["--rcvbuf", "4096", "--timeout", "120"]);
     let mut sender = HubClient::connect_with(&daemon, &certs, &["--timeout", "120"]);
-    paused.wait_line(&format!("* {} joined", sender.nick), LINE_DEADLINE);
+    let witness = HubClient::connect_with(&daemon, &certs, &["--timeout", "120"]);
+    paused.wait_line(&format!("* {} joined", witness.nick), LINE_DEADLINE);
     paused.command("pause");
     paused.wait_output("PAUSED", LINE_DEADLINE);
 
     // As fast as the hub takes them: the outbox overflows well within the 5 s too-slow limit.
     sender.command(&format!("flood A {lines} {SIZE}"));
     sender.wait_output("FLOODSENT A", secs(60.0));
+    // Written is not yet fanned out: once a reader that keeps up has the flood's end, the hub
+    // has offered the paused reader every line too (each outbox is a FIFO).
+    witness.wait_output("FLOOD A ", secs(60.0));
     paused.command("resume");
     sender.say("after the flood");
     paused.wait_line(&format!("<{}> after the flood", sender.nick), secs(30.0));
