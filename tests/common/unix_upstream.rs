@@ -2,8 +2,7 @@
 //! of [`super::upstream`]: each reports one [`Seen`] per connection. A unix socket has no
 //! reset, so a relay that would reset a TCP upstream shows here as every byte, then EOF.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -150,100 +149,14 @@ impl UnixForward {
     }
 }
 
-/// Reads until the relay ends the connection: everything, and how it ended.
-pub fn read_to_end(stream: &mut UnixStream) -> Seen {
-    let mut received = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return Seen { received, end: End::Fin },
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Seen { received, end: End::Reset },
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Seen { received, end: End::Timeout }
-            }
-            Err(e) => return Seen { received, end: End::Error(e.to_string()) },
-        }
-    }
-}
-
 // ---- scripts ---------------------------------------------------------------------------
 
-/// Echoes everything back; on the relay's EOF it shuts down its side too.
-pub fn echo() -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    |mut stream, report| {
-        let mut received = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        let end = loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break End::Fin,
-                Ok(n) => {
-                    received.extend_from_slice(&buf[..n]);
-                    if stream.write_all(&buf[..n]).is_err() {
-                        break read_to_end(&mut stream).end;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => break End::Error(e.to_string()),
-            }
-        };
-        let _ = stream.shutdown(Shutdown::Write);
-        let _ = report.send(Seen { received, end });
-    }
-}
-
-/// Only records: reads until the relay ends the connection.
-pub fn record() -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    |mut stream, report| {
-        let _ = report.send(read_to_end(&mut stream));
-    }
-}
-
-/// Reads nothing for `delay` (the relay's writes back up), then records.
-pub fn slow_record(delay: Duration) -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    move |mut stream, report| {
-        thread::sleep(delay);
-        let _ = report.send(read_to_end(&mut stream));
-    }
-}
-
-/// Sends `data`, then EOF, then records what the relay still delivers.
-pub fn send_then_fin(data: Vec<u8>) -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    move |mut stream, report| {
-        let wrote = stream.write_all(&data).and_then(|_| stream.shutdown(Shutdown::Write));
-        let mut seen = read_to_end(&mut stream);
-        if let Err(e) = wrote {
-            seen.end = End::Error(format!("upstream write failed: {e}"));
-        }
-        let _ = report.send(seen);
-    }
-}
-
-/// Reads until the relay's EOF, waits `delay`, answers `reply`, then EOF.
-pub fn reply_after_fin(
-    reply: &'static [u8],
-    delay: Duration,
-) -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    move |mut stream, report| {
-        let seen = read_to_end(&mut stream);
-        if seen.end == End::Fin {
-            thread::sleep(delay);
-            let _ = stream.write_all(reply);
-            let _ = stream.shutdown(Shutdown::Write);
-        }
-        let _ = report.send(seen);
-    }
-}
-
-/// Reads until the relay's EOF, reports, then keeps its side open for `hold`.
-pub fn report_then_hold(hold: Duration) -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    move |mut stream, report| {
-        let seen = read_to_end(&mut stream);
-        let _ = report.send(seen);
-        thread::sleep(hold);
-    }
-}
+// The scripts that do the same on TCP and unix sockets are written once, in `upstream`.
+#[allow(unused_imports)] // each test binary uses its own few
+pub use super::upstream::{
+    echo, read_to_end, record, reply_after_fin, report_then_hold, send_then_fin, slow_record,
+    stream_until_fin,
+};
 
 /// Reads `n` bytes, sends `data`, then closes while the relay still sends: the unix way of
 /// failing mid-stream (the relay's next read or write fails with ECONNRESET or EPIPE).
@@ -260,23 +173,5 @@ pub fn read_then_close(
         }
         drop(stream);
         let _ = report.send(Seen { received, end: End::WeReset });
-    }
-}
-
-/// Streams `data` while reading; on the relay's EOF finishes writing, then EOF.
-pub fn stream_until_fin(data: Vec<u8>) -> impl Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static {
-    let data = Arc::new(data);
-    move |mut stream, report| {
-        let mut writer = stream.try_clone().unwrap();
-        let data = Arc::clone(&data);
-        let written = thread::spawn(move || writer.write_all(&data).map(|_| writer));
-        let mut seen = read_to_end(&mut stream);
-        match written.join().unwrap() {
-            Ok(writer) => {
-                let _ = writer.shutdown(Shutdown::Write);
-            }
-            Err(e) => seen.end = End::Error(format!("upstream write failed: {e}")),
-        }
-        let _ = report.send(seen);
     }
 }

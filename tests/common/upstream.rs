@@ -9,9 +9,10 @@
 //! another test's upstream if the port had been taken over), and [`closed_port`] keeps its
 //! port bound so that no upstream can be handed a port another test expects to refuse.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -162,8 +163,33 @@ pub fn closed_port() -> ClosedPort {
     ClosedPort { _bound: fd, addr: SocketAddr::from(([127, 0, 0, 1], bound.port())) }
 }
 
+/// An upstream connection as the scripts below use it: TCP here, a unix stream in
+/// [`super::unix_upstream`]; the scripts are written once for both.
+pub trait Conn: Read + Write + Send + Sized + 'static {
+    fn shutdown_write(&self) -> io::Result<()>;
+    fn try_clone_conn(&self) -> io::Result<Self>;
+}
+
+impl Conn for TcpStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn try_clone_conn(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
+impl Conn for UnixStream {
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn try_clone_conn(&self) -> io::Result<Self> {
+        self.try_clone()
+    }
+}
+
 /// Reads until the relay ends the connection; returns everything and how it ended.
-pub fn read_to_end(stream: &mut TcpStream) -> Seen {
+pub fn read_to_end(stream: &mut impl Read) -> Seen {
     let mut received = Vec::new();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -177,7 +203,7 @@ pub fn read_to_end(stream: &mut TcpStream) -> Seen {
 }
 
 /// Reads until `n` bytes arrived or the connection ended.
-pub fn read_at_least(stream: &mut TcpStream, n: usize) -> Seen {
+pub fn read_at_least(stream: &mut impl Read, n: usize) -> Seen {
     let mut received = Vec::new();
     let mut buf = vec![0u8; 65536];
     while received.len() < n {
@@ -223,7 +249,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 // ---- scripts ---------------------------------------------------------------------------
 
 /// Echoes everything back; on the relay's FIN it sends FIN too. Reports what it received.
-pub fn echo() -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+pub fn echo<S: Conn>() -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     |mut stream, report| {
         let mut received = Vec::new();
         let mut buf = vec![0u8; 65536];
@@ -240,13 +266,13 @@ pub fn echo() -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
                 Err(e) => break end_of(&e),
             }
         };
-        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.shutdown_write();
         let _ = report.send(Seen { received, end });
     }
 }
 
 /// Only records: reads until the relay ends the connection, then closes.
-pub fn record() -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+pub fn record<S: Conn>() -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     |mut stream, report| {
         let seen = read_to_end(&mut stream);
         let _ = report.send(seen);
@@ -254,7 +280,7 @@ pub fn record() -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
 }
 
 /// Reads nothing for `delay` (a slow upstream: the relay's send queue fills), then records.
-pub fn slow_record(delay: Duration) -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+pub fn slow_record<S: Conn>(delay: Duration) -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     move |mut stream, report| {
         thread::sleep(delay);
         let seen = read_to_end(&mut stream);
@@ -263,9 +289,9 @@ pub fn slow_record(delay: Duration) -> impl Fn(TcpStream, &Sender<Seen>) + Send 
 }
 
 /// Sends `data`, then FIN, then records what the relay still delivers and how it ends.
-pub fn send_then_fin(data: Vec<u8>) -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+pub fn send_then_fin<S: Conn>(data: Vec<u8>) -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     move |mut stream, report| {
-        let wrote = stream.write_all(&data).and_then(|_| stream.shutdown(Shutdown::Write));
+        let wrote = stream.write_all(&data).and_then(|_| stream.shutdown_write());
         let mut seen = read_to_end(&mut stream);
         if let Err(e) = wrote {
             seen.end = End::Error(format!("upstream write failed: {e}"));
@@ -276,16 +302,16 @@ pub fn send_then_fin(data: Vec<u8>) -> impl Fn(TcpStream, &Sender<Seen>) + Send 
 
 /// Reads until the relay's FIN, waits `delay`, sends `reply`, then FIN (a request/response
 /// service that answers once its input is complete: the TLS 1.3 half-close case).
-pub fn reply_after_fin(
+pub fn reply_after_fin<S: Conn>(
     reply: &'static [u8],
     delay: Duration,
-) -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+) -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     move |mut stream, report| {
         let seen = read_to_end(&mut stream);
         if seen.end == End::Fin {
             thread::sleep(delay);
             let _ = stream.write_all(reply);
-            let _ = stream.shutdown(Shutdown::Write);
+            let _ = stream.shutdown_write();
         }
         let _ = report.send(seen);
     }
@@ -293,7 +319,7 @@ pub fn reply_after_fin(
 
 /// Reads until the relay ends the connection, reports at once, then keeps its side open for
 /// `hold` (an upstream that never answers a half-close) before closing.
-pub fn report_then_hold(hold: Duration) -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+pub fn report_then_hold<S: Conn>(hold: Duration) -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     move |mut stream, report| {
         let seen = read_to_end(&mut stream);
         let _ = report.send(seen);
@@ -321,16 +347,16 @@ pub fn read_then_reset(
 
 /// Streams `data` at once while reading; when the relay sends FIN, finishes writing what
 /// it started and then sends FIN itself. Reports what it received and how the relay ended.
-pub fn stream_until_fin(data: Vec<u8>) -> impl Fn(TcpStream, &Sender<Seen>) + Send + Sync + 'static {
+pub fn stream_until_fin<S: Conn>(data: Vec<u8>) -> impl Fn(S, &Sender<Seen>) + Send + Sync + 'static {
     let data = Arc::new(data);
     move |mut stream, report| {
-        let mut writer = stream.try_clone().unwrap();
+        let mut writer = stream.try_clone_conn().unwrap();
         let data = Arc::clone(&data);
         let written = thread::spawn(move || writer.write_all(&data).map(|_| writer));
         let mut seen = read_to_end(&mut stream);
         match written.join().unwrap() {
             Ok(writer) => {
-                let _ = writer.shutdown(Shutdown::Write);
+                let _ = writer.shutdown_write();
             }
             Err(e) => seen.end = End::Error(format!("upstream write failed: {e}")),
         }
