@@ -82,11 +82,12 @@ impl Certs {
     }
 }
 
-/// A relay in forward mode with its own certificates and scripted upstream.
-/// Fields drop in order: the daemon first, then the upstream, then the certificate files.
-pub struct Forward {
+/// A relay in forward mode with its own certificates and scripted upstream (TCP by default,
+/// [`unix_upstream::UnixUpstream`] too). Fields drop in order: the daemon first, then the
+/// upstream, then the certificate files.
+pub struct Forward<U = Upstream> {
     pub daemon: Daemon,
-    pub upstream: Upstream,
+    pub upstream: U,
     pub certs: Certs,
 }
 
@@ -95,16 +96,21 @@ pub fn forward(
     script: impl Fn(std::net::TcpStream, &std::sync::mpsc::Sender<Seen>) + Send + Sync + 'static,
     extra: &[&str],
 ) -> Forward {
-    let certs = Certs::new();
     let upstream = Upstream::start(script);
     let target = upstream.arg();
-    let mut args = vec!["--upstream", target.as_str()];
+    forward_to(upstream, &target, extra)
+}
+
+/// Starts `tlsrelay serve --upstream TARGET` with `extra`, in front of `upstream`.
+pub fn forward_to<U>(upstream: U, target: &str, extra: &[&str]) -> Forward<U> {
+    let certs = Certs::new();
+    let mut args = vec!["--upstream", target];
     args.extend_from_slice(extra);
     let daemon = Daemon::start(&certs, &args);
     Forward { daemon, upstream, certs }
 }
 
-impl Forward {
+impl<U> Forward<U> {
     pub fn port(&self) -> u16 {
         self.daemon.port()
     }

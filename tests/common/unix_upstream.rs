@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::daemon::Daemon;
 use super::upstream::{End, Seen, CONN_DEADLINE};
-use super::{secs, Certs, Closed};
+use super::{forward_to, Forward};
 
 /// A script: what the upstream does with one connection; it sends one Seen to `report`.
 pub type UnixScript = Arc<dyn Fn(UnixStream, &Sender<Seen>) + Send + Sync + 'static>;
@@ -105,12 +104,8 @@ pub fn missing_socket() -> (TempDir, PathBuf) {
     (dir, path)
 }
 
-/// A relay in forward mode to a unix upstream. Drops the daemon first, then the upstream.
-pub struct UnixForward {
-    pub daemon: Daemon,
-    pub upstream: UnixUpstream,
-    pub certs: Certs,
-}
+/// A relay in forward mode to a unix upstream.
+pub type UnixForward = Forward<UnixUpstream>;
 
 /// Starts `tlsrelay serve --upstream unix:DIR/upstream.sock` with `extra`.
 pub fn forward_unix(
@@ -129,24 +124,8 @@ pub fn forward_abstract(
 }
 
 fn start_forward(upstream: UnixUpstream, extra: &[&str]) -> UnixForward {
-    let certs = Certs::new();
     let target = upstream.arg();
-    let mut args = vec!["--upstream", target.as_str()];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(&certs, &args);
-    UnixForward { daemon, upstream, certs }
-}
-
-impl UnixForward {
-    pub fn port(&self) -> u16 {
-        self.daemon.port()
-    }
-
-    pub fn expect_closed(&self, kind: &str) -> Closed {
-        let closed = self.daemon.wait_closed(secs(15.0));
-        assert_eq!(closed.kind, kind, "wrong close kind; log:\n{}", self.daemon.log_text());
-        closed
-    }
+    forward_to(upstream, &target, extra)
 }
 
 // ---- scripts ---------------------------------------------------------------------------
