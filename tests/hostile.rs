@@ -8,6 +8,7 @@ mod common;
 mod hostile_support;
 
 use common::hub_client::HubClient;
+use common::status_client;
 use common::tls_client::{self, End};
 use common::upstream::echo;
 use common::*;
@@ -290,9 +291,7 @@ fn status_endpoint_out_of_descriptors_backs_off_quietly_and_recovers() {
     const WINDOW: f64 = 3.0;
     let certs = Certs::new();
     let daemon = Daemon::start(&certs, &["--status", "127.0.0.1:0", "--handshake-timeout", "60"]);
-    let line = daemon.wait_for_log("status endpoint on http://", STEP);
-    let status: std::net::SocketAddr =
-        line.split("http://").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    let status = status_client::status_addr(&daemon);
     let (pid, addr) = (daemon.pid(), daemon.addr());
     let tls = tls_for(&certs);
     let warm = flood::run(&tls, &Plan::new(addr, 2, Expect::Line, STEP));
@@ -313,15 +312,8 @@ fn status_endpoint_out_of_descriptors_backs_off_quietly_and_recovers() {
 
     drop(held);
     drop(waiting);
-    let health = || -> Option<String> {
-        let mut stream = std::net::TcpStream::connect(status).ok()?;
-        stream.set_read_timeout(Some(secs(2.0))).ok()?;
-        std::io::Write::write_all(&mut stream, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
-        Some(text)
-    };
-    let answered = eventually(STEP, || health().is_some_and(|text| text.starts_with("HTTP/1.1 200")));
+    let answered =
+        eventually(STEP, || status_client::http_get(status, "/health").is_some_and(|(code, _)| code == 200));
     assert!(answered, "the status endpoint answers again; log:\n{}", daemon.log_text());
 }
 

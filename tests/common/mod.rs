@@ -9,6 +9,7 @@ pub mod hub_client;
 pub mod peers;
 pub mod process;
 pub mod proxy_peers;
+pub mod status_client;
 pub mod tls_client;
 pub mod unix_upstream;
 pub mod upstream;
