@@ -30,6 +30,13 @@ const QUEUE_LINES: usize = 4096;
 /// (`stopped: …`) and a stuck one delays the exit by no more than this.
 pub const EXIT_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the writer lets lines gather after a write. Waking the writer is a context
+/// switch on each side (about 8 µs each on the benchmark's VM); woken once a line, it cost
+/// 0.64 switches and ~20 µs of a new connection's ~470 µs (BENCH.md, issue 16). Lines that
+/// come while it sleeps do not wake it (no receiver waits on the channel), so a busy daemon
+/// writes at most 100 times a second, and a line after a quiet spell still goes out at once.
+const GATHER: Duration = Duration::from_millis(10);
+
 /// The daemon's queue, once `init` installed it.
 static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
 
@@ -163,16 +170,26 @@ impl Queue {
         queued
     }
 
-    /// The writer thread: writes every item to `out` as it comes, until the queue is gone.
-    /// A failed write (stderr closed) loses the line, as it would without the queue.
+    /// The writer thread, until the queue is gone: waits for an item, writes it with
+    /// whatever else is queued by then in one `write`, then lets lines gather for
+    /// [`GATHER`]. A failed write (stderr closed) loses its lines, as it would without the
+    /// queue.
     fn write_out(&self, items: Receiver<Item>, mut out: impl Write, notice: impl Fn(u64) -> Vec<u8>) {
-        for item in items {
-            let _ = match item {
-                Item::Line(line) => out.write_all(&line),
-                Item::Dropped(count) => out.write_all(&notice(count)),
-            };
-            *self.written.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let mut batch = Vec::new();
+        while let Ok(first) = items.recv() {
+            let mut count = 0;
+            for item in std::iter::once(first).chain(items.try_iter()) {
+                match item {
+                    Item::Line(line) => batch.extend_from_slice(&line),
+                    Item::Dropped(dropped) => batch.extend_from_slice(&notice(dropped)),
+                }
+                count += 1;
+            }
+            let _ = out.write_all(&batch);
+            batch.clear();
+            *self.written.lock().unwrap_or_else(|e| e.into_inner()) += count;
             self.progress.notify_all();
+            std::thread::sleep(GATHER);
         }
     }
 
