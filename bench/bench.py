@@ -371,20 +371,26 @@ class Instance:
             raise RuntimeError(f"{name} did not start; see {self.dir}/relay.log")
         self.cpu_pid = self.relay.pid
 
-    def client(self, args, timeout, cpus=None):
+    def client(self, args, timeout, cpus=None, count_switches=False):
         cmd = [LOAD] + args + ["--connect", f"{HOST}:{self.port}", "--ca", self.env.ca]
         if self.cpu_pid:
             cmd += ["--cpu-pid", str(self.cpu_pid)]
         if cpus:
             cmd = ["taskset", "-c", cpus] + cmd
+        switches = ContextSwitches(self.cpu_pid) if count_switches and self.cpu_pid else None
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"failed": "client timed out"}
+        finally:
+            counted = switches.end() if switches else None
         try:
-            return json.loads(r.stdout.strip().splitlines()[-1])
+            res = json.loads(r.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
             return {"failed": (r.stderr or r.stdout).strip()[-300:] or f"exit {r.returncode}"}
+        if counted is not None and res.get("count"):
+            res["cs_per_op"] = counted / res["count"]
+        return res
 
     def pin(self, cpus):
         for p in (self.relay, self.backend):
@@ -396,6 +402,41 @@ class Instance:
         kill_group(self.backend)
 
 
+class ContextSwitches:
+    """The relay's context switches (every process and thread of it, threads started meanwhile
+    included) while a client runs, with `perf stat` when it is installed: how often the relay
+    sleeps and wakes per connection or round trip, the cost a thread per connection pays
+    (issue 16). It covers the client's whole run, its connection set-up included."""
+
+    def __init__(self, root):
+        self.proc = None
+        if not shutil.which("perf"):
+            return
+        pids = ",".join(str(p) for p in tree(root))
+        self.out = tempfile.NamedTemporaryFile(prefix="bench-perf-", suffix=".csv", delete=False).name
+        self.proc = subprocess.Popen(["perf", "stat", "-x,", "-e", "context-switches", "-p", pids, "-o", self.out],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def end(self):
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        try:
+            with open(self.out) as f:
+                for line in f:
+                    fields = line.split(",")
+                    if len(fields) > 2 and fields[2] == "context-switches" and fields[0].strip().isdigit():
+                        return int(fields[0])
+        finally:
+            os.unlink(self.out)
+        return None
+
+
 # ---------------------------------------------------------------- the measures
 
 def throughput_round(inst, secs, results):
@@ -405,13 +446,15 @@ def throughput_round(inst, secs, results):
     # M3 first, on a fresh instance, everything pinned to CPU 0.
     inst.pin({0})
     for conns in (1, 32):
-        results[name][f"m3_{conns}"].append(inst.client(["rtt", "--conns", str(conns), "--secs", str(secs)], timeout, cpus="0"))
+        results[name][f"m3_{conns}"].append(inst.client(["rtt", "--conns", str(conns), "--secs", str(secs)], timeout, cpus="0",
+                                                        count_switches=True))
     inst.pin(all_cpus)
     for conns, key in ((1, "m1"), (8, "m2_8"), (64, "m2_64")):
         for d in ("up", "down"):
             results[name][f"{key}_{d}"].append(inst.client(["bulk", "--dir", d, "--conns", str(conns), "--secs", str(secs)], timeout))
     for mode, extra in (("full", []), ("resumed", ["--resume"])):
-        results[name][f"m4_{mode}"].append(inst.client(["handshakes", "--threads", "4", "--secs", str(secs)] + extra, timeout))
+        results[name][f"m4_{mode}"].append(inst.client(["handshakes", "--threads", "4", "--secs", str(secs)] + extra, timeout,
+                                                       count_switches=True))
 
 
 def idle_run(env, name, n, cfg):
@@ -604,8 +647,9 @@ def table(title, note, header, rows):
     return out + [""]
 
 
-def metric_table(results, targets, measures, key, higher_better, unit, cpu_key, cpu_unit, cpu_nd, nd=0):
-    """Rows: target × measure; min/median/max of `key`; ratio of medians to the best anchor."""
+def metric_table(results, targets, measures, key, higher_better, unit, cpu_key, cpu_unit, cpu_nd, nd=0, switches=None):
+    """Rows: target × measure; min/median/max of `key`; ratio of medians to the best anchor;
+    with `switches` (the unit's name), the relay's context switches per unit too."""
     rows = []
     for mkey, mlabel in measures:
         meds = {t: med(values(results[t][mkey], key)) for t in targets}
@@ -620,11 +664,13 @@ def metric_table(results, targets, measures, key, higher_better, unit, cpu_key, 
             fails = [r.get("failed") or r.get("first_error") for r in results[t][mkey]
                      if isinstance(r, dict) and (r.get("failed") or r.get("errors"))]
             mark = " ★" if t == best_name else ""
-            rows.append([mlabel, t + mark, fmt(min(vs) if vs else None, nd), fmt(meds[t], nd), fmt(max(vs) if vs else None, nd),
-                         ratio_text(meds[t], best), fmt(cpus[t], cpu_nd), ratio_text(cpus[t], best_cpu),
-                         f"{len(vs)}" + (f" ({len(fails)} failed)" if fails else "")])
+            row = [mlabel, t + mark, fmt(min(vs) if vs else None, nd), fmt(meds[t], nd), fmt(max(vs) if vs else None, nd),
+                   ratio_text(meds[t], best), fmt(cpus[t], cpu_nd), ratio_text(cpus[t], best_cpu)]
+            if switches:
+                row.append(fmt(med(values(results[t][mkey], "cs_per_op")), 2))
+            rows.append(row + [f"{len(vs)}" + (f" ({len(fails)} failed)" if fails else "")])
     header = ["measure", "target", f"min {unit}", f"median {unit}", f"max {unit}", "× best anchor",
-              f"relay CPU {cpu_unit}", "CPU × best anchor", "runs"]
+              f"relay CPU {cpu_unit}", "CPU × best anchor"] + ([f"relay context switches/{switches}"] if switches else []) + ["runs"]
     return header, rows
 
 
@@ -687,13 +733,13 @@ def report(ctx, cfg, mode, results, targets, idle_results, elapsed):
                       "mbps", True, "MB/s", "cpu_s_per_gb", "s/GB", 3)
     lines += table("M2 aggregate throughput", "Sum over all connections.", *m2)
     m3 = metric_table(results, targets, [("m3_1", "M3 p50, 1 conn"), ("m3_32", "M3 p50, 32 conns")], "p50_us", False, "µs",
-                      "cpu_us_per_rt", "µs/round trip", 1, nd=1)
+                      "cpu_us_per_rt", "µs/round trip", 1, nd=1, switches="round trip")
     m3p99 = metric_table(results, targets, [("m3_1", "M3 p99, 1 conn"), ("m3_32", "M3 p99, 32 conns")], "p99_us", False, "µs",
-                         "cpu_us_per_rt", "µs/round trip", 1, nd=1)
+                         "cpu_us_per_rt", "µs/round trip", 1, nd=1, switches="round trip")
     lines += table("M3 64-byte ping-pong round trip (client, relay, backend all pinned to CPU 0)",
                    "Lower is better.", m3[0], m3[1] + m3p99[1])
     m4 = metric_table(results, targets, [("m4_full", "M4 full handshakes"), ("m4_resumed", "M4 resumed (tickets)")],
-                      "per_sec", True, "conn/s", "cpu_us_per_hs", "µs/conn", 0)
+                      "per_sec", True, "conn/s", "cpu_us_per_hs", "µs/conn", 0, switches="conn")
     reuse = []
     for t in targets:
         runs = [r for r in results[t]["m4_resumed"] if isinstance(r, dict) and r.get("count")]
