@@ -34,8 +34,8 @@ pub const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// switch on each side (about 8 µs each on the benchmark's VM); woken once a line, it cost
 /// 0.64 switches and ~20 µs of a new connection's ~470 µs (BENCH.md, issue 16). Lines that
 /// come while it sleeps do not wake it (no receiver waits on the channel), so a busy daemon
-/// writes at most 100 times a second, and a line after a quiet spell still goes out at once.
-const GATHER: Duration = Duration::from_millis(10);
+/// writes at most 200 times a second, and a line after a quiet spell still goes out at once.
+const GATHER: Duration = Duration::from_millis(5);
 
 /// The daemon's queue, once `init` installed it.
 static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();

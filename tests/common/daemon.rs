@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 /// How long the daemon may take to print `listening on` (a debug build, a busy CI machine).
 pub const START_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long the log must stay unchanged before a read of it counts as complete: four times
+/// the 5 ms the daemon's log writer lets lines gather (src/logging.rs, GATHER).
+pub const LOG_SETTLE: Duration = Duration::from_millis(20);
+
 /// A running `tlsrelay serve`; killed on Drop.
 pub struct Daemon {
     proc: Proc,
@@ -47,14 +51,25 @@ impl Daemon {
         self.proc.pid()
     }
 
-    /// Every stderr line so far.
+    /// Every stderr line so far (see [`Daemon::log_text`]).
     pub fn logs(&self) -> Vec<String> {
-        self.proc.stderr().lines().map(str::to_string).collect()
+        self.log_text().lines().map(str::to_string).collect()
     }
 
-    /// The whole log, for assertion messages.
+    /// The whole log so far. The daemon writes its log from a queue, in batches up to 5 ms
+    /// apart (src/logging.rs), so this first waits until the log has stopped growing for
+    /// [`LOG_SETTLE`] (2 s at most): a line logged before the call is then in it.
     pub fn log_text(&self) -> String {
-        self.proc.stderr()
+        let give_up = Instant::now() + Duration::from_secs(2);
+        let mut seen = self.proc.stderr();
+        loop {
+            std::thread::sleep(LOG_SETTLE);
+            let now = self.proc.stderr();
+            if now.len() == seen.len() || Instant::now() >= give_up {
+                return now;
+            }
+            seen = now;
+        }
     }
 
     /// How many log lines contain `needle`.
@@ -65,7 +80,8 @@ impl Daemon {
     /// Waits until a log line contains `needle` and returns it; panics with the log otherwise.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
         self.wait_for_log_count(needle, 1, timeout);
-        self.logs().into_iter().find(|l| l.contains(needle)).expect("line seen")
+        // The line is there already: no need to wait for the log to settle.
+        self.proc.stderr().lines().find(|l| l.contains(needle)).expect("line seen").to_string()
     }
 
     /// Waits until at least `n` log lines contain `needle`; panics with the log otherwise.
@@ -88,8 +104,8 @@ impl Daemon {
 
     /// Waits for the first `closed:` line and returns it parsed.
     pub fn wait_closed(&self, timeout: Duration) -> Closed {
-        self.wait_for_log(" closed: ", timeout);
-        self.closed().remove(0)
+        let line = self.wait_for_log(" closed: ", timeout);
+        Closed::parse(&line).expect("a closed: line")
     }
 
     /// Sends a signal (libc::SIGTERM, libc::SIGINT, ...).
