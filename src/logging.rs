@@ -37,6 +37,9 @@ pub const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// writes at most 200 times a second, and a line after a quiet spell still goes out at once.
 const GATHER: Duration = Duration::from_millis(5);
 
+/// Bytes of batch buffer the writer keeps between writes (a busy daemon's 5 ms of lines).
+const BATCH_KEPT: usize = 64 * 1024;
+
 /// The daemon's queue, once `init` installed it.
 static QUEUE: OnceLock<Arc<Queue>> = OnceLock::new();
 
@@ -187,6 +190,8 @@ impl Queue {
             }
             let _ = out.write_all(&batch);
             batch.clear();
+            // A burst (or a sink that was stuck) may have grown it to the whole queue.
+            batch.shrink_to(BATCH_KEPT);
             *self.written.lock().unwrap_or_else(|e| e.into_inner()) += count;
             self.progress.notify_all();
             std::thread::sleep(GATHER);
