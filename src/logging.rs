@@ -30,11 +30,12 @@ const QUEUE_LINES: usize = 4096;
 /// (`stopped: …`) and a stuck one delays the exit by no more than this.
 pub const EXIT_WAIT: Duration = Duration::from_millis(500);
 
-/// How long the writer lets lines gather after a write. Waking the writer is a context
-/// switch on each side (about 8 µs each on the benchmark's VM); woken once a line, it cost
-/// 0.64 switches and ~20 µs of a new connection's ~470 µs (BENCH.md, issue 16). Lines that
-/// come while it sleeps do not wake it (no receiver waits on the channel), so a busy daemon
-/// writes at most 200 times a second, and a line after a quiet spell still goes out at once.
+/// How long the writer lets lines gather after a write. Woken once a line, the writer cost
+/// every new connection (three lines) 0.45 context switches and 7.5 system calls (a futex
+/// wake, a `write`, a broadcast, crossbeam's `sched_yield` spins; BENCH.md, issue 16), and
+/// the log's reader (journald) a wake-up a line. Lines that come while it sleeps do not wake
+/// it (no receiver waits on the channel), so a busy daemon writes at most 200 times a second,
+/// and a line after a quiet spell still goes out at once.
 const GATHER: Duration = Duration::from_millis(5);
 
 /// Bytes of batch buffer the writer keeps between writes (a busy daemon's 5 ms of lines).
