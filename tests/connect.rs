@@ -733,6 +733,8 @@ fn reconnects_quietly_across_a_hub_upgrade() {
     assert!(status.unwrap().success(), "tlsrelay upgrade failed");
     client.wait_stdout("* closing: upgrade");
     client.wait_line(&client.stdout, "welcome", 2);
+    // Written before the welcome, but through another pipe with its own reader thread.
+    client.wait_stderr(&format!("reconnected to 127.0.0.1:{port} after"));
     let stderr = client.stderr();
     assert_eq!(lines(&stderr).len(), 1, "{stderr}");
     assert!(stderr.starts_with(&format!("reconnected to 127.0.0.1:{port} after 0.")), "{stderr}");
