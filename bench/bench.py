@@ -379,7 +379,7 @@ class Instance:
             cmd += ["--cpu-pid", str(self.cpu_pid)]
         if cpus:
             cmd = ["taskset", "-c", cpus] + cmd
-        switches = ContextSwitches(self.cpu_pid) if count_switches and self.cpu_pid else None
+        switches = ContextSwitches(self.cpu_pid, os.path.join(self.dir, "perf-stat.csv")) if count_switches and self.cpu_pid else None
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -410,12 +410,12 @@ class ContextSwitches:
     sleeps and wakes per connection or round trip, the cost a thread per connection pays
     (issue 16). It covers the client's whole run, its connection set-up included."""
 
-    def __init__(self, root):
-        self.proc = None
+    def __init__(self, root, out):
+        """`out`: where perf writes its count (in the instance's directory, removed with it)."""
+        self.proc, self.out = None, out
         if not shutil.which("perf"):
             return
         pids = ",".join(str(p) for p in tree(root))
-        self.out = tempfile.NamedTemporaryFile(prefix="bench-perf-", suffix=".csv", delete=False).name
         self.proc = subprocess.Popen(["perf", "stat", "-x,", "-e", "context-switches", "-p", pids, "-o", self.out],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -428,14 +428,11 @@ class ContextSwitches:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return None
-        try:
-            with open(self.out) as f:
-                for line in f:
-                    fields = line.split(",")
-                    if len(fields) > 2 and fields[2] == "context-switches" and fields[0].strip().isdigit():
-                        return int(fields[0])
-        finally:
-            os.unlink(self.out)
+        with open(self.out) as f:
+            for line in f:
+                fields = line.split(",")
+                if len(fields) > 2 and fields[2] == "context-switches" and fields[0].strip().isdigit():
+                    return int(fields[0])
         return None
 
 
